@@ -1,0 +1,151 @@
+"""Batch types shared by the data pipeline, the built-in task and the train step.
+
+Padding contract:
+- Training sequences are ``[prompt tokens][response tokens]`` (BOS/chat template inside the
+  prompt, EOS at the end of the response), **right-padded** with ``pad_id`` to a bucketed
+  length ``T``. ``attention_mask`` is 1 on real tokens; ``completion_mask`` is 1 on response
+  tokens only (the tokens whose log-probs the losses sum).
+- Chosen and rejected sequences of one batch share ``T`` so they can be concatenated along the
+  batch axis for a single fused forward pass.
+- Prompts for sampling are **left-padded** (see ``jaxpref.sampling``).
+
+Every field is a numpy (host) or jax array; the types are NamedTuples, hence pytrees.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+
+class PairedBatch(NamedTuple):
+    """Preference pairs. All arrays ``[B, T]`` int32."""
+
+    chosen_ids: np.ndarray
+    chosen_attention_mask: np.ndarray
+    chosen_completion_mask: np.ndarray
+    rejected_ids: np.ndarray
+    rejected_attention_mask: np.ndarray
+    rejected_completion_mask: np.ndarray
+
+
+class UnpairedBatch(NamedTuple):
+    """KTO-style unpaired examples.
+
+    ``ids/attention_mask/completion_mask``: ``[B, T]`` int32, prompt x_i + completion y_i.
+    ``desirable``: ``[B]`` bool label.
+    ``kl_*``: ``[B, T]`` mismatched sequences (x_i, y_{(i+1) mod B}) used only for KTO's
+    reference-point KL estimate.
+    """
+
+    ids: np.ndarray
+    attention_mask: np.ndarray
+    completion_mask: np.ndarray
+    desirable: np.ndarray
+    kl_ids: np.ndarray
+    kl_attention_mask: np.ndarray
+    kl_completion_mask: np.ndarray
+
+
+class PairExample(NamedTuple):
+    """One tokenized preference pair (lists of token ids, no padding)."""
+
+    prompt: Sequence[int]
+    chosen: Sequence[int]
+    rejected: Sequence[int]
+
+
+class UnpairedExample(NamedTuple):
+    """One tokenized unpaired example (lists of token ids, no padding)."""
+
+    prompt: Sequence[int]
+    completion: Sequence[int]
+    desirable: bool
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+    """Smallest bucket >= ``length``; raises if ``length`` exceeds the largest bucket."""
+    for b in sorted(buckets):
+        if length <= b:
+            return int(b)
+    raise ValueError(f"sequence length {length} exceeds the largest bucket {max(buckets)}")
+
+
+def default_buckets(max_length: int, smallest: int = 16) -> list[int]:
+    """Powers of two from ``smallest`` up to ``max_length`` (always included)."""
+    buckets, b = [], smallest
+    while b < max_length:
+        buckets.append(b)
+        b *= 2
+    buckets.append(max_length)
+    return buckets
+
+
+def pad_sequences(
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    *,
+    length: int,
+    pad_id: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenates prompt+completion rows and right-pads them.
+
+    Returns ``(ids, attention_mask, completion_mask)``, each ``[N, length]`` int32.
+    """
+    n = len(prompts)
+    ids = np.full((n, length), pad_id, np.int32)
+    attn = np.zeros((n, length), np.int32)
+    comp = np.zeros((n, length), np.int32)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        lp, lc = len(p), len(c)
+        if lp + lc > length:
+            raise ValueError(f"row {i}: prompt+completion has {lp + lc} tokens > length {length}")
+        ids[i, :lp] = p
+        ids[i, lp : lp + lc] = c
+        attn[i, : lp + lc] = 1
+        comp[i, lp : lp + lc] = 1
+    return ids, attn, comp
+
+
+def collate_pairs(
+    examples: Sequence[PairExample], *, pad_id: int, buckets: Sequence[int]
+) -> PairedBatch:
+    """Pads a list of pairs into one ``PairedBatch`` whose T is the bucket of the longest row."""
+    longest = max(len(e.prompt) + max(len(e.chosen), len(e.rejected)) for e in examples)
+    t = bucket_length(longest, buckets)
+    prompts = [e.prompt for e in examples]
+    c = pad_sequences(prompts, [e.chosen for e in examples], length=t, pad_id=pad_id)
+    r = pad_sequences(prompts, [e.rejected for e in examples], length=t, pad_id=pad_id)
+    return PairedBatch(*c, *r)
+
+
+def collate_unpaired(
+    examples: Sequence[UnpairedExample], *, pad_id: int, buckets: Sequence[int]
+) -> UnpairedBatch:
+    """Pads unpaired examples; the KL rows pair prompt i with completion (i+1) mod B.
+
+    A shifted completion is cut to fit ``max(buckets)`` next to its new prompt: the KL rows
+    only estimate KTO's reference point, so a shorter mismatched completion is harmless.
+    """
+    prompts = [e.prompt for e in examples]
+    comps = [e.completion for e in examples]
+    limit = max(buckets)
+    shifted = [list(c)[: max(limit - len(p), 0)] for p, c in zip(prompts, comps[1:] + comps[:1])]
+    longest = max(
+        max(len(p) + len(c), len(p) + len(s)) for p, c, s in zip(prompts, comps, shifted)
+    )
+    t = bucket_length(longest, buckets)
+    ids, attn, comp = pad_sequences(prompts, comps, length=t, pad_id=pad_id)
+    kl_ids, kl_attn, kl_comp = pad_sequences(prompts, shifted, length=t, pad_id=pad_id)
+    desirable = np.asarray([bool(e.desirable) for e in examples])
+    return UnpairedBatch(ids, attn, comp, desirable, kl_ids, kl_attn, kl_comp)
+
+
+def pairs_to_unpaired(examples: Sequence[PairExample]) -> list[UnpairedExample]:
+    """Splits each pair into a desirable (chosen) and an undesirable (rejected) example."""
+    out: list[UnpairedExample] = []
+    for e in examples:
+        out.append(UnpairedExample(e.prompt, e.chosen, True))
+        out.append(UnpairedExample(e.prompt, e.rejected, False))
+    return out

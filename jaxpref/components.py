@@ -1,0 +1,125 @@
+"""Start-up pieces of a job, each resolved once from the config: policy, data, optimizer.
+
+``main`` stays a linear script by calling these; each raises with the config key at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxpref.batches import PairExample, collate_pairs, default_buckets, pairs_to_unpaired
+from jaxpref.objectives import Objective
+from jaxpref.tasks.synthetic import EOS, PAD, EchoTask, make_tokenizer
+from jaxpref.train_step import batch_groups, reference_logps
+
+log = logging.getLogger("jaxpref")
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class Policy:
+    """The starting policy of a run and what is needed to feed and judge it.
+
+    ``reward_fn(prompts, responses) -> [N]`` is the oracle on the built-in task, None otherwise.
+    """
+
+    model: Any
+    params: Any
+    tokenizer: Any
+    pad_id: int
+    eos_id: int
+    task: EchoTask | None
+    reward_fn: Callable | None
+    info: dict
+
+
+def echo_task(cfg) -> EchoTask:
+    fields = {f.name for f in dataclasses.fields(EchoTask)}
+    return EchoTask(**{k: v for k, v in cfg.task.items() if k in fields})
+
+
+def resolve_policy(cfg) -> Policy:
+    """The SFT policy: the cached tiny model for the built-in task, or an HF checkpoint."""
+    dtype = DTYPES[cfg.model.dtype]
+    if cfg.model.name == "tiny":
+        from jaxpref.sft import load_or_train_sft
+
+        task = echo_task(cfg)
+        model, params, info = load_or_train_sft(task, cfg.model, cfg.sft, cfg.seed, dtype=dtype)
+        return Policy(model, params, make_tokenizer(task), PAD, EOS, task, task.rewards, info)
+    if not cfg.model.path:
+        raise ValueError("config.model.path: set a local HF checkpoint folder (or model.name='tiny')")
+    from jaxpref.models import load_pretrained, load_tokenizer
+
+    model, params = load_pretrained(cfg.model.path, dtype=dtype)
+    tokenizer = load_tokenizer(cfg.model.path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Policy(model, params, tokenizer, int(pad_id), int(tokenizer.eos_token_id), None, None,
+                  {"model_path": cfg.model.path})
+
+
+def resolve_data(cfg, policy: Policy, objective: Objective):
+    """Training examples, held-out pairs (or None), and a data report dict."""
+    if cfg.data.source:
+        from jaxpref.data import load_and_encode
+
+        kind = "paired" if objective.paired else "unpaired"
+        examples, report = load_and_encode(
+            cfg.data.source, policy.tokenizer, kind=kind, max_length=cfg.data.max_length,
+            max_prompt_length=cfg.data.max_prompt_length, on_bad_row=cfg.data.on_bad_row,
+        )
+        n_eval = max(1, len(examples) // 20) if len(examples) >= 2 * cfg.batch_size else 0
+        held_out = examples[len(examples) - n_eval:] if n_eval and objective.paired else None
+        train = examples[: len(examples) - n_eval] if n_eval else examples
+        log.info("data: %s", report.summary())
+        return train, held_out, report.to_dict()
+    if policy.task is None:
+        raise ValueError("config.data.source: a custom model needs a dataset (local file or hub name)")
+    pairs = policy.task.preference_dataset(cfg.seed, cfg.data.num_pairs)
+    examples = pairs if objective.paired else pairs_to_unpaired(pairs)
+    return examples, None, {"kept": len(examples), "source": "builtin:echo"}
+
+
+def buckets_for(cfg, policy: Policy) -> list[int]:
+    max_len = policy.task.max_length if policy.task is not None else cfg.data.max_length
+    return default_buckets(max_len)
+
+
+def make_optimizer(ocfg, total_steps: int) -> optax.GradientTransformation:
+    """Clipped AdamW / RMSprop / SGD with linear warmup and cosine decay to 10%."""
+    warmup = min(ocfg.warmup_steps, max(total_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, ocfg.learning_rate, warmup, max(total_steps, warmup + 1), end_value=0.1 * ocfg.learning_rate
+    )
+    if ocfg.name == "adamw":
+        opt = optax.adamw(schedule, weight_decay=ocfg.weight_decay)
+    elif ocfg.name == "rmsprop":
+        opt = optax.rmsprop(schedule)
+    elif ocfg.name == "sgd":
+        opt = optax.sgd(schedule)
+    else:
+        raise ValueError(f"config.optimizer.name: unknown optimizer {ocfg.name!r}; known: adamw, rmsprop, sgd")
+    return optax.chain(optax.clip_by_global_norm(ocfg.max_grad_norm), opt)
+
+
+def precompute_reference(model, ref_params, examples: list[PairExample], *, pad_id: int, buckets, batch_size: int):
+    """Reference log-probs of every pair, once: ``{"chosen": [N], "rejected": [N]}`` float32."""
+    fn = jax.jit(lambda p, g: reference_logps(model, p, g, ("chosen", "rejected")))
+    out = {"chosen": [], "rejected": []}
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        n_real = len(chunk)
+        chunk = chunk + [chunk[-1]] * (batch_size - n_real)  # one shape per bucket: few compiles
+        groups, _ = batch_groups(collate_pairs(chunk, pad_id=pad_id, buckets=buckets))
+        logps = fn(ref_params, groups)
+        for k in out:
+            out[k].append(np.asarray(logps[k])[:n_real])
+    return {k: np.concatenate(v) for k, v in out.items()}

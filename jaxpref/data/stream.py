@@ -1,0 +1,150 @@
+"""Deterministic, resumable batching of tokenized examples.
+
+The batch of global step ``s`` is a pure function of ``(examples, seed, s)``:
+
+- ``epoch = s // steps_per_epoch``, ``position = s % steps_per_epoch``;
+- the epoch's order is ``numpy.random.default_rng([seed, epoch]).permutation(N)``;
+- the global batch is ``order[position * B : (position + 1) * B]``; the last ``N % B``
+  examples of each epoch's order are dropped.
+
+So a run resumed at step ``s`` sees exactly the data it would have seen without stopping.
+With ``process_count = P`` each process collates the contiguous slice ``process_index`` of
+size ``B / P`` of every global batch, and all processes pad to the same bucketed length ``T``
+(the bucket of the longest row over the whole global batch), so the local batches can be
+assembled into one global array (``jax.make_array_from_process_local_data``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from jaxpref.batches import (
+    PairedBatch,
+    PairExample,
+    UnpairedBatch,
+    UnpairedExample,
+    bucket_length,
+    collate_pairs,
+    collate_unpaired,
+)
+
+Example = PairExample | UnpairedExample
+Batch = PairedBatch | UnpairedBatch
+
+
+def _pairs_length(examples: Sequence[PairExample]) -> int:
+    """Tokens needed by the longest row of ``collate_pairs(examples)``."""
+    return max(len(e.prompt) + max(len(e.chosen), len(e.rejected)) for e in examples)
+
+
+def _unpaired_length(examples: Sequence[UnpairedExample]) -> int:
+    """Tokens needed by the longest row of ``collate_unpaired(examples)``, KL rows included
+    (prompt i with completion (i + 1) mod n)."""
+    shifted = list(examples[1:]) + list(examples[:1])
+    return max(
+        len(e.prompt) + max(len(e.completion), len(s.completion)) for e, s in zip(examples, shifted)
+    )
+
+
+class BatchStream:
+    """Collates ``PairExample``s to ``PairedBatch``es, ``UnpairedExample``s to ``UnpairedBatch``es.
+
+    Args:
+      examples: all examples, every one of the same type, identical on every process.
+      batch_size: global batch size ``B`` (all processes together).
+      pad_id: padding token id.
+      buckets: allowed padded lengths ``T`` (see ``jaxpref.batches.default_buckets``).
+      seed: non-negative shuffling seed.
+      process_index, process_count: this process's share, slice ``process_index`` of
+        ``process_count`` equal slices of each global batch; ``B`` must divide evenly.
+
+    ``batch_at(step)`` arrays are ``[B / process_count, T]`` (``desirable``: ``[B / P]``).
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        *,
+        batch_size: int,
+        pad_id: int,
+        buckets: Sequence[int],
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        if batch_size < 1 or len(examples) < batch_size:
+            raise ValueError(
+                f"need 1 <= batch_size <= #examples, got {batch_size=} and {len(examples)} examples"
+            )
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        if not 0 <= process_index < process_count or batch_size % process_count:
+            raise ValueError(
+                f"need 0 <= process_index < process_count dividing batch_size, got "
+                f"{process_index=} {process_count=} {batch_size=}"
+            )
+        kind = type(examples[0])
+        if kind not in (PairExample, UnpairedExample) or not all(type(e) is kind for e in examples):
+            raise TypeError("examples must be all PairExample or all UnpairedExample")
+        self._check_fits(examples, buckets)
+        self.examples = examples
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.buckets = tuple(buckets)
+        self.seed = seed
+        self.process_index = process_index
+        self.process_count = process_count
+        self._collate = collate_pairs if kind is PairExample else collate_unpaired
+        self._length = _pairs_length if kind is PairExample else _unpaired_length
+        self._cached_epoch: tuple[int, np.ndarray] | None = None
+
+    @staticmethod
+    def _check_fits(examples: Sequence[Example], buckets: Sequence[int]) -> None:
+        """Fails now, not mid-run, when one example is longer than the largest bucket."""
+        longest = max(buckets)
+        for i, e in enumerate(examples):
+            rest = (e.chosen, e.rejected) if isinstance(e, PairExample) else (e.completion,)
+            if len(e.prompt) + max(map(len, rest)) > longest:
+                raise ValueError(f"example {i} has more tokens than the largest bucket {longest}")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full global batches per epoch (the remainder is dropped)."""
+        return len(self.examples) // self.batch_size
+
+    @property
+    def local_batch_size(self) -> int:
+        """Rows of this process's batch: ``batch_size // process_count``."""
+        return self.batch_size // self.process_count
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """``[N]`` int64 permutation of example indices for ``epoch``."""
+        if self._cached_epoch is None or self._cached_epoch[0] != epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+            self._cached_epoch = (epoch, order)
+        return self._cached_epoch[1]
+
+    def global_indices(self, step: int) -> np.ndarray:
+        """``[B]`` example indices of the global batch of ``step``."""
+        if step < 0:
+            raise ValueError(f"step must be non-negative, got {step}")
+        epoch, position = divmod(step, self.steps_per_epoch)
+        return self.epoch_order(epoch)[
+            position * self.batch_size : (position + 1) * self.batch_size
+        ]
+
+    def batch_at(self, step: int) -> Batch:
+        """This process's collated batch for global ``step``; a pure function of (seed, step)."""
+        slices = self.global_indices(step).reshape(self.process_count, self.local_batch_size)
+        groups = [[self.examples[i] for i in s] for s in slices]
+        length = bucket_length(max(self._length(g) for g in groups), self.buckets)
+        # A single allowed bucket makes every process pad to the global batch's length.
+        return self._collate(groups[self.process_index], pad_id=self.pad_id, buckets=(length,))
+
+    def iterate(self, start_step: int = 0) -> Iterator[Batch]:
+        """Endless batches ``batch_at(start_step)``, ``batch_at(start_step + 1)``, ..."""
+        for step in itertools.count(start_step):
+            yield self.batch_at(step)

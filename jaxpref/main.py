@@ -1,0 +1,214 @@
+"""Runs a whole preference-optimization job.
+
+    python -m jaxpref.main --config=configs/dpo.py --workdir=runs/dpo
+    python -m jaxpref.main --config=configs/tr_dpo.py --config.beta=0.05 --config.num_steps=500
+
+Sections: Config -> Policy -> Data -> Step -> Checkpoint -> Loop -> Eval. The same command
+resumes from ``<workdir>/checkpoints`` when a checkpoint exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from jaxpref import components, evaluation
+from jaxpref.checkpointing import Checkpointer
+from jaxpref.config_checks import validate_config
+from jaxpref.data import BatchStream
+from jaxpref.metrics_log import MetricsLogger, Throughput, read_metrics
+from jaxpref.objectives import LossHParams, get_objective
+from jaxpref.train_state import create_train_state
+from jaxpref.train_step import batch_groups, make_train_step
+
+log = logging.getLogger("jaxpref")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<method>).")
+
+
+def loss_hparams(cfg) -> LossHParams:
+    return LossHParams(
+        beta=cfg.beta, label_smoothing=cfg.label_smoothing, delta=cfg.delta, sft_weight=cfg.sft_weight,
+        desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
+        selm_alpha=cfg.selm_alpha, ipo_average=cfg.ipo_average,
+    )
+
+
+def run(cfg, workdir: str) -> dict:
+    """Trains, evaluates and writes ``summary.json``; returns the summary."""
+    t_start = time.perf_counter()
+    # --- Config ---------------------------------------------------------------------------
+    validate_config(cfg)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(cfg.to_json_best_effort(indent=2))
+    objective = get_objective(cfg.loss)
+    frozen_ref = cfg.ref_update_every == 0
+
+    # --- Policy -----------------------------------------------------------------------------
+    policy = components.resolve_policy(cfg)
+    model, sft_params = policy.model, policy.params
+
+    # --- Data -------------------------------------------------------------------------------
+    examples, held_out, data_report = components.resolve_data(cfg, policy, objective)
+    buckets = components.buckets_for(cfg, policy)
+    stream = BatchStream(examples, batch_size=cfg.batch_size, pad_id=policy.pad_id, buckets=buckets, seed=cfg.seed,
+                         process_index=jax.process_index(), process_count=jax.process_count())
+    use_precomputed = objective.needs_reference and frozen_ref and cfg.precompute_ref_logps and objective.paired
+    ref_table = None
+    if use_precomputed:
+        ref_table = components.precompute_reference(model, sft_params, examples, pad_id=policy.pad_id,
+                                                    buckets=buckets, batch_size=cfg.batch_size)
+
+    # --- Step -------------------------------------------------------------------------------
+    tx = components.make_optimizer(cfg.optimizer, cfg.num_steps)
+    step_fn = jax.jit(
+        make_train_step(model, objective, loss_hparams(cfg), tx, ref_update_every=cfg.ref_update_every,
+                        ref_update_alpha=cfg.ref_update_alpha),
+        donate_argnums=0,
+    )
+    keep_reference = objective.needs_reference and not use_precomputed
+    state = create_train_state(jax.tree.map(jnp.copy, sft_params), tx, rng=jax.random.PRNGKey(cfg.seed),
+                               with_reference=keep_reference)
+
+    # --- Checkpoint -------------------------------------------------------------------------
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
+    start_step = 0
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(state)
+        start_step = int(state.step)
+        log.info("resumed from step %d (%s)", start_step, meta)
+
+    # --- Loop -------------------------------------------------------------------------------
+    logger = MetricsLogger(workdir)
+    throughput = Throughput()
+    pending: list[dict] = []
+    train_seconds, train_tokens, skipped = 0.0, 0.0, 0
+    bar = tqdm(range(start_step, cfg.num_steps), initial=start_step, total=cfg.num_steps, desc=cfg.method,
+               mininterval=2.0, disable=jax.process_index() != 0)
+    t_interval = time.perf_counter()
+    for step in bar:
+        groups, extras = batch_groups(stream.batch_at(step))
+        if ref_table is not None:
+            idx = stream.global_indices(step).reshape(stream.process_count, -1)[stream.process_index]
+            extras = {**extras, **{f"ref_{k}": v[idx] for k, v in ref_table.items()}}
+        state, metrics = step_fn(state, groups, extras)
+        pending.append(metrics)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.num_steps:
+            rows = jax.device_get(pending)
+            pending = []
+            avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+            tokens = float(np.sum([r["tokens"] for r in rows]))
+            skipped += int(np.sum([r["skipped"] for r in rows]))
+            now = time.perf_counter()
+            if step + 1 - len(rows) > start_step:  # exclude the interval holding the first compile
+                train_seconds += now - t_interval
+                train_tokens += tokens
+            throughput.add(tokens)
+            avg["tokens_per_second"] = throughput.rate()
+            del avg["tokens"]
+            logger.write(done, avg)
+            bar.set_postfix(loss=f"{avg['loss']:.4f}", tok_s=f"{avg['tokens_per_second']:.0f}")
+            log.info("step %d/%d loss %.4f reward_acc %s tokens/s %.0f", done, cfg.num_steps, avg["loss"],
+                     f"{avg['reward_accuracy']:.3f}" if "reward_accuracy" in avg else "-", avg["tokens_per_second"])
+            t_interval = time.perf_counter()
+        if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+            t_save = time.perf_counter()
+            ckpt.save(done, state, {"step": done, "method": cfg.method})
+            t_interval += time.perf_counter() - t_save  # checkpoint time is not training time
+    bar.close()
+    logger.close()
+    ckpt.close()
+
+    # --- Eval -------------------------------------------------------------------------------
+    summary = {
+        "method": cfg.method,
+        "loss": cfg.loss,
+        "steps": int(state.step),
+        "resumed_from_step": start_step,
+        "train_tokens_per_second": train_tokens / train_seconds if train_seconds > 0 else None,
+        "skipped_steps": skipped,
+        "data": data_report,
+        "sft": policy.info,
+    }
+    eval_rng = jax.random.PRNGKey(cfg.seed + 10_000)
+    if policy.task is not None:
+        prompts = policy.task.eval_prompts(cfg.seed, cfg.eval.num_prompts)
+        summary.update(evaluation.evaluate_against_sft(
+            model, state.params, sft_params, prompts, policy.reward_fn, eval_rng, eos_id=policy.eos_id,
+            pad_id=policy.pad_id, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+            temperature=cfg.eval.temperature, top_k=cfg.eval.top_k, top_p=cfg.eval.top_p,
+        ))
+    if held_out:
+        summary.update(evaluation.held_out_preference_accuracy(
+            model, state.params, sft_params, held_out, pad_id=policy.pad_id, buckets=buckets,
+            batch_size=cfg.batch_size, beta=cfg.beta,
+        ))
+    summary["wall_seconds"] = time.perf_counter() - t_start
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        plot_training_curves(workdir)
+        if cfg.export_dir:
+            from jaxpref.models import save_pretrained
+
+            save_pretrained(model, state.params, cfg.export_dir)
+            policy.tokenizer.save_pretrained(cfg.export_dir)
+    log.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k != "examples"}))
+    return summary
+
+
+def plot_training_curves(workdir: str) -> None:
+    """Writes ``<workdir>/training_curves.png`` from ``metrics.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_metrics(workdir) if r.get("phase") == "train"]
+    if not rows:
+        return
+    keys = [k for k in ("loss", "reward_accuracy", "reward_margin", "kl_estimate") if k in rows[-1]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
+    for ax, k in zip(np.atleast_1d(axes), keys):
+        ax.plot([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r])
+        ax.set_title(k)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, "training_curves.png"), dpi=80)
+    plt.close(fig)
+
+
+def setup_logging() -> None:
+    """INFO lines from jaxpref; warnings only from absl-based libraries (orbax is chatty)."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    setup_logging()
+    cfg = _CONFIG.value
+    run(cfg, _WORKDIR.value or os.path.join("runs", cfg.method))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,162 @@
+"""Batched generation with a KV cache, entirely under ``jit``.
+
+Prompts are **left-padded** ``[B, P]`` so every row's last prompt token sits in the same
+column; the prompt is prefilled into the cache in one call, then a ``lax.while_loop`` decodes
+one token per iteration for all rows (no Python per token) until every row has emitted EOS or
+``max_new_tokens`` is reached. Each row has its own PRNG stream (``fold_in(key_b, t)``), so a
+row's sample does not depend on the batch it is in.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpref.models import forward_cached, init_cache
+
+
+class SampleOutput(NamedTuple):
+    """Generated continuations.
+
+    Attributes:
+      tokens: ``[B, N]`` int32; ``pad_id`` after a row's EOS.
+      completion_mask: ``[B, N]`` int32, 1 on generated tokens up to and including EOS.
+      logps: ``[B, N]`` float32 log-prob of each token under the sampling distribution
+        (after temperature/top-k/top-p; 0 for greedy), 0 where the mask is 0.
+      model_logps: ``[B, N]`` float32 log-prob under the model's own (temperature 1)
+        distribution, 0 where the mask is 0.
+    """
+
+    tokens: jax.Array
+    completion_mask: jax.Array
+    logps: jax.Array
+    model_logps: jax.Array
+
+
+def process_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: float) -> jax.Array:
+    """Applies temperature, top-k and top-p (nucleus) filtering to ``[B, V]`` logits.
+
+    Filtered entries become ``-inf``. ``temperature`` must be > 0 here (greedy is handled by
+    the caller).
+    """
+    logits = logits.astype(jnp.float32) / temperature
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        cutoff_idx = jnp.sum(mass_before < top_p, axis=-1, keepdims=True) - 1
+        cutoff = jnp.take_along_axis(sorted_logits, cutoff_idx, axis=-1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id"),
+)
+def generate(
+    model,
+    params,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    rng: jax.Array,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int = 0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> SampleOutput:
+    """Samples up to ``max_new_tokens`` tokens after each left-padded prompt.
+
+    Args:
+      model: a ``jaxpref.models.CausalLM``.
+      params: its parameters.
+      prompt_ids: ``[B, P]`` int32, left-padded.
+      prompt_mask: ``[B, P]`` int32, 1 on real prompt tokens.
+      rng: PRNG key; row b uses ``split(rng, B)[b]``.
+      temperature: 0 means greedy (argmax).
+
+    Returns:
+      ``SampleOutput`` with ``[B, max_new_tokens]`` arrays.
+    """
+    batch, prompt_len = prompt_ids.shape
+    n = max_new_tokens
+    cache = init_cache(model.config, batch, prompt_len + n, dtype=model.dtype)
+    logits, cache = forward_cached(model, params, prompt_ids, prompt_mask, cache, jnp.int32(0))
+    row_keys = jax.random.split(rng, batch)
+
+    def pick(step_logits, t):
+        model_lp = jax.nn.log_softmax(step_logits.astype(jnp.float32), axis=-1)
+        if temperature == 0.0:
+            tok = jnp.argmax(step_logits, axis=-1)
+            lp = jnp.zeros((batch,), jnp.float32)
+        else:
+            proc = jax.nn.log_softmax(process_logits(step_logits, temperature=temperature, top_k=top_k, top_p=top_p))
+            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
+            tok = jax.vmap(jax.random.categorical)(keys, proc)
+            lp = jnp.take_along_axis(proc, tok[:, None], axis=-1)[:, 0]
+        mlp = jnp.take_along_axis(model_lp, tok[:, None], axis=-1)[:, 0]
+        return tok.astype(jnp.int32), lp, mlp
+
+    def cond(carry):
+        t, _, _, done, *_ = carry
+        return (t < n) & ~jnp.all(done)
+
+    def body(carry):
+        t, cache, step_logits, done, tokens, mask, logps, model_logps = carry
+        tok, lp, mlp = pick(step_logits, t)
+        live = ~done
+        tok = jnp.where(live, tok, pad_id)
+        tokens = tokens.at[:, t].set(tok)
+        mask = mask.at[:, t].set(live.astype(jnp.int32))
+        logps = logps.at[:, t].set(jnp.where(live, lp, 0.0))
+        model_logps = model_logps.at[:, t].set(jnp.where(live, mlp, 0.0))
+        new_logits, cache = forward_cached(
+            model, params, tok[:, None], live[:, None].astype(jnp.int32), cache, prompt_len + t
+        )
+        done = done | (tok == eos_id)
+        return t + 1, cache, new_logits[:, -1], done, tokens, mask, logps, model_logps
+
+    init = (
+        jnp.int32(0),
+        cache,
+        logits[:, -1],
+        jnp.zeros((batch,), bool),
+        jnp.full((batch, n), pad_id, jnp.int32),
+        jnp.zeros((batch, n), jnp.int32),
+        jnp.zeros((batch, n), jnp.float32),
+        jnp.zeros((batch, n), jnp.float32),
+    )
+    _, _, _, _, tokens, mask, logps, model_logps = jax.lax.while_loop(cond, body, init)
+    return SampleOutput(tokens, mask, logps, model_logps)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], *, pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads token lists into ``(ids[B, P], mask[B, P])`` int32 numpy arrays."""
+    length = length or max(len(p) for p in prompts)
+    ids = np.full((len(prompts), length), pad_id, np.int32)
+    mask = np.zeros((len(prompts), length), np.int32)
+    for i, p in enumerate(prompts):
+        if len(p) > length:
+            raise ValueError(f"prompt {i} has {len(p)} tokens > length {length}")
+        if len(p):
+            ids[i, -len(p) :] = p
+            mask[i, -len(p) :] = 1
+    return ids, mask
+
+
+def completions_to_lists(out: SampleOutput) -> list[list[int]]:
+    """Generated token lists per row (through EOS), on the host."""
+    tokens = np.asarray(out.tokens)
+    mask = np.asarray(out.completion_mask).astype(bool)
+    return [tokens[i][mask[i]].tolist() for i in range(tokens.shape[0])]

@@ -1,0 +1,144 @@
+"""The jitted train steps: one for every preference objective, one for SFT.
+
+A step runs a single fused forward over all sequence groups of the batch (chosen and rejected
+concatenated along the batch axis, plus any extra group the objective needs), a reference
+forward without gradient (skipped when reference log-probs were precomputed), the loss from
+``jaxpref.objectives``, the optimizer update, and the trust-region reference update.
+Non-finite losses or gradients leave params and optimizer state untouched (counted in
+``metrics['skipped']``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxpref.batches import PairedBatch, UnpairedBatch
+from jaxpref.losses import completion_lengths, sequence_logps
+from jaxpref.models import forward
+from jaxpref.objectives import LossHParams, LossInputs, Objective, Sequences
+from jaxpref.train_state import TrainState, update_reference
+
+Groups = Mapping[str, Sequences]
+Extras = Mapping[str, jax.Array]
+
+
+def batch_groups(batch: PairedBatch | UnpairedBatch) -> tuple[dict[str, Sequences], dict[str, jax.Array]]:
+    """Splits a collated batch into sequence groups and per-example extras."""
+    if isinstance(batch, PairedBatch):
+        return {
+            "chosen": Sequences(batch.chosen_ids, batch.chosen_attention_mask, batch.chosen_completion_mask),
+            "rejected": Sequences(batch.rejected_ids, batch.rejected_attention_mask, batch.rejected_completion_mask),
+        }, {}
+    if isinstance(batch, UnpairedBatch):
+        return {
+            "completion": Sequences(batch.ids, batch.attention_mask, batch.completion_mask),
+            "kl": Sequences(batch.kl_ids, batch.kl_attention_mask, batch.kl_completion_mask),
+        }, {"desirable": batch.desirable}
+    raise TypeError(f"unsupported batch type {type(batch).__name__}")
+
+
+def grouped_logps(model, params, groups: Groups, names: tuple[str, ...]) -> dict[str, jax.Array]:
+    """Completion log-probs of every group from one fused forward.
+
+    All groups must share ``[B, T]``; the forward sees ``[len(names) * B, T]``.
+    Returns ``{name: [B] float32}``.
+    """
+    ids = jnp.concatenate([groups[n].ids for n in names], axis=0)
+    attn = jnp.concatenate([groups[n].attention_mask for n in names], axis=0)
+    comp = jnp.concatenate([groups[n].completion_mask for n in names], axis=0)
+    logits = forward(model, params, ids, attn)
+    logps = sequence_logps(logits, ids, comp)
+    return dict(zip(names, jnp.split(logps, len(names))))
+
+
+def reference_logps(model, ref_params, groups: Groups, names: tuple[str, ...]) -> dict[str, jax.Array]:
+    """Reference log-probs (no gradient); ``[B]`` per group."""
+    return jax.lax.stop_gradient(grouped_logps(model, ref_params, groups, names))
+
+
+def make_train_step(
+    model,
+    objective: Objective,
+    hparams: LossHParams,
+    tx: optax.GradientTransformation,
+    *,
+    ref_update_every: int = 0,
+    ref_update_alpha: float = 1.0,
+) -> Callable[[TrainState, Groups, Extras], tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds ``step(state, groups, extras) -> (state, metrics)`` (wrap it in ``jax.jit``).
+
+    If ``extras`` holds ``ref_<group>`` arrays for every group, those precomputed reference
+    log-probs are used and no reference forward runs (only valid for a frozen reference).
+    """
+    names = objective.groups
+
+    def loss_fn(params, ref, groups, extras):
+        policy = grouped_logps(model, params, groups, names)
+        lengths = {n: completion_lengths(groups[n].completion_mask) for n in names}
+        per_example, chosen_r, rejected_r = objective.compute(LossInputs(policy, ref, lengths, extras), hparams)
+        return jnp.mean(per_example), (chosen_r, rejected_r, policy)
+
+    def step(state: TrainState, groups: Groups, extras: Extras):
+        ref = {}
+        if objective.needs_reference:
+            if all(f"ref_{n}" in extras for n in names):
+                ref = {n: extras[f"ref_{n}"] for n in names}
+            else:
+                ref = reference_logps(model, state.ref_params, groups, names)
+        (loss, (chosen_r, rejected_r, policy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, ref, groups, extras
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        state = state.replace(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+        )
+        state = update_reference(state, every=ref_update_every, alpha=ref_update_alpha)
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "skipped": 1 - finite.astype(jnp.int32),
+            "chosen_reward": jnp.mean(chosen_r),
+            "rejected_reward": jnp.mean(rejected_r),
+            "tokens": sum(jnp.sum(groups[n].attention_mask) for n in names),
+        }
+        if objective.paired:
+            metrics["reward_accuracy"] = jnp.mean((chosen_r > rejected_r).astype(jnp.float32))
+            metrics["reward_margin"] = jnp.mean(chosen_r - rejected_r)
+            metrics["chosen_logps"] = jnp.mean(policy["chosen"])
+            metrics["rejected_logps"] = jnp.mean(policy["rejected"])
+        if ref:
+            # Mean log pi/pi_ref over the batch's responses: a KL(pi || ref) estimate when the
+            # responses are policy samples, a drift indicator otherwise.
+            metrics["kl_estimate"] = jnp.mean(jnp.stack([jnp.mean(policy[n] - ref[n]) for n in names]))
+        return state, metrics
+
+    return step
+
+
+def make_sft_step(model, tx: optax.GradientTransformation):
+    """``step(state, seqs: Sequences) -> (state, metrics)``: token-mean NLL of completions."""
+
+    def loss_fn(params, seqs):
+        logits = forward(model, params, seqs.ids, seqs.attention_mask)
+        total = jnp.sum(sequence_logps(logits, seqs.ids, seqs.completion_mask))
+        return -total / jnp.maximum(jnp.sum(completion_lengths(seqs.completion_mask)), 1.0)
+
+    def step(state: TrainState, seqs: Sequences):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, seqs)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        state = state.replace(
+            step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+        )
+        return state, {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": jnp.sum(seqs.attention_mask)}
+
+    return step
