@@ -1,0 +1,39 @@
+"""Llama-family causal LMs (Llama, Mistral, Qwen2) in flax.linen, with HF checkpoint I/O.
+
+``forward``/``forward_cached`` run a ``CausalLM`` on a plain params pytree;
+``load_pretrained``/``save_pretrained`` convert from/to Hugging Face safetensors folders.
+"""
+
+from jaxpref.models.config import ModelConfig, as_model_config
+from jaxpref.models.hf_io import load_config, load_pretrained, load_tokenizer, save_pretrained
+from jaxpref.models.llama import (
+    CausalLM,
+    KVCache,
+    count_params,
+    default_positions,
+    forward,
+    forward_cached,
+    init_cache,
+    init_model,
+    init_params,
+    logical_axes,
+)
+
+__all__ = [
+    "CausalLM",
+    "KVCache",
+    "ModelConfig",
+    "as_model_config",
+    "count_params",
+    "default_positions",
+    "forward",
+    "forward_cached",
+    "init_cache",
+    "init_model",
+    "init_params",
+    "load_config",
+    "load_pretrained",
+    "load_tokenizer",
+    "logical_axes",
+    "save_pretrained",
+]

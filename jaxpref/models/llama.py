@@ -1,0 +1,424 @@
+"""Llama-family decoder (Llama, Mistral, Qwen2) in flax.linen, with a KV cache.
+
+The decoder layers are stacked along a leading ``layers`` axis and run with ``nn.scan``, so
+compile time does not grow with depth. Params are a plain pytree (see ``logical_axes`` for
+the layout); call the model through ``forward`` (training / scoring) or ``forward_cached``
+(prefill + decode for sampling).
+
+Shape letters: B batch, T new tokens, S cache slots (keys), L layers, E hidden size,
+H query heads, K key/value heads, G = H // K, D head dim, F MLP size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpref.models.config import ModelConfig, as_model_config
+
+Array = jax.Array
+DType = Any
+
+INIT_STD = 0.02
+_MASKED_SCORE = float(np.finfo(np.float32).min)
+
+
+class KVCache(NamedTuple):
+    """Keys/values of every layer for ``S`` slots (written by ``forward_cached``).
+
+    ``k, v``: ``[L, B, S, K, D]`` (keys already rotated by RoPE).
+    ``mask``: ``[B, S]`` int32, 1 where the slot holds a real token.
+    """
+
+    k: Array
+    v: Array
+    mask: Array
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype: DType = jnp.float32) -> KVCache:
+    """An all-zero cache with ``max_length`` slots per row (no slot valid)."""
+    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+    return KVCache(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        mask=jnp.zeros((batch_size, max_length), jnp.int32),
+    )
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
+    """``[D/2]`` float32 RoPE frequencies, with Llama-3 scaling applied when configured.
+
+    Llama 3 (https://arxiv.org/abs/2407.21783): frequencies whose wavelength exceeds
+    ``original_max_position_embeddings / low_freq_factor`` are divided by ``factor``; those
+    shorter than ``original / high_freq_factor`` are kept; the band in between interpolates
+    linearly in ``original / wavelength``.
+    """
+    dim = config.head_dim
+    inv_freq = 1.0 / config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    scaling = config.rope_scaling
+    if scaling is not None:
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        original_length = scaling["original_max_position_embeddings"]
+        wavelength = 2 * np.pi / inv_freq
+        smooth = (original_length / wavelength - low) / (high - low)
+        interpolated = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = np.where(
+            wavelength > original_length / low,
+            inv_freq / factor,
+            np.where(wavelength < original_length / high, inv_freq, interpolated),
+        )
+    return inv_freq.astype(np.float32)
+
+
+def _rope_tables(config: ModelConfig, positions_bt: Array) -> tuple[Array, Array]:
+    """``(cos, sin)``, each ``[B, T, D]`` float32, in the rotate-half layout."""
+    angles = positions_bt[..., None].astype(jnp.float32) * rope_inverse_frequencies(config)
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def _apply_rope(x_btnd: Array, cos_btd: Array, sin_btd: Array) -> Array:
+    """Rotates each head of ``x`` (``[B, T, N, D]``); computed in float32."""
+    x = x_btnd.astype(jnp.float32)
+    first, second = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    out = x * cos_btd[:, :, None, :] + rotated * sin_btd[:, :, None, :]
+    return out.astype(x_btnd.dtype)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale, computed in float32."""
+
+    eps: float
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (normed * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with RoPE, over fresh keys or over a layer's cache."""
+
+    config: ModelConfig
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x_bte: Array,
+        rope: tuple[Array, Array],
+        attend_bts: Array,
+        layer_kv: tuple[Array, Array] | None,
+        cache_index: Array | None,
+    ) -> tuple[Array, tuple[Array, Array] | None]:
+        """``x``: ``[B, T, E]``; ``attend``: ``[B, T, S]`` bool (query t may see key s).
+
+        Without a cache the keys are the T new tokens (S == T). With ``layer_kv`` (each
+        ``[B, S, K, D]``) the new keys/values are written at ``cache_index`` first and the
+        updated pair is returned.
+        """
+        cfg = self.config
+        dense = functools.partial(
+            nn.DenseGeneral,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(INIT_STD),
+        )
+        q_btnd = dense((cfg.num_heads, cfg.head_dim), use_bias=cfg.attention_bias, name="q")(x_bte)
+        k_btkd = dense((cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.attention_bias, name="k")(x_bte)
+        v_btkd = dense((cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.attention_bias, name="v")(x_bte)
+        q_btnd = _apply_rope(q_btnd, *rope)
+        k_btkd = _apply_rope(k_btkd, *rope)
+
+        new_kv = None
+        if layer_kv is not None:
+            cache_k, cache_v = layer_kv
+            start = (0, cache_index, 0, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k_btkd.astype(cache_k.dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v_btkd.astype(cache_v.dtype), start)
+            new_kv = (cache_k, cache_v)
+            k_btkd, v_btkd = cache_k.astype(self.dtype), cache_v.astype(self.dtype)
+
+        b, t = x_bte.shape[:2]
+        groups = cfg.num_heads // cfg.num_kv_heads
+        q_btkgd = q_btnd.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_btkd, preferred_element_type=jnp.float32) * (
+            cfg.head_dim**-0.5
+        )
+        scores = jnp.where(attend_bts[:, None, None], scores, _MASKED_SCORE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out_btkgd = jnp.einsum("bkgts,bskd->btkgd", probs, v_btkd)
+        out_btnd = out_btkgd.reshape(b, t, cfg.num_heads, cfg.head_dim)
+        out_bte = dense(cfg.hidden_size, axis=(-2, -1), use_bias=False, name="o")(out_btnd)
+        return out_bte, new_kv
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``."""
+
+    config: ModelConfig
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_bte: Array) -> Array:
+        dense = functools.partial(
+            nn.Dense,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(INIT_STD),
+        )
+        size = self.config.intermediate_size
+        hidden = nn.silu(dense(size, name="gate")(x_bte)) * dense(size, name="up")(x_bte)
+        return dense(self.config.hidden_size, name="down")(hidden)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: ``h += attn(norm(h)); h += mlp(norm(h))``. Scanned over layers."""
+
+    config: ModelConfig
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        h_bte: Array,
+        rope: tuple[Array, Array],
+        attend_bts: Array,
+        layer_kv: tuple[Array, Array] | None,
+        cache_index: Array | None,
+    ) -> tuple[Array, tuple[Array, Array] | None]:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        eps = self.config.rms_norm_eps
+        attn_in = RMSNorm(eps, name="attn_norm", **kw)(h_bte)
+        attn_out, new_kv = Attention(self.config, name="attn", **kw)(attn_in, rope, attend_bts, layer_kv, cache_index)
+        h_bte = h_bte + attn_out
+        h_bte = h_bte + MLP(self.config, name="mlp", **kw)(RMSNorm(eps, name="mlp_norm", **kw)(h_bte))
+        return h_bte, new_kv
+
+
+class CausalLM(nn.Module):
+    """Llama-family causal LM. Prefer ``forward`` / ``forward_cached`` to calling it directly.
+
+    ``dtype`` is the compute dtype (activations, matmuls); softmax, norms, RoPE and the
+    logits are float32 regardless. ``remat`` checkpoints each layer (recompute in backward).
+    """
+
+    config: ModelConfig
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids_bt: Array,
+        positions_bt: Array,
+        attend_bts: Array,
+        kv: tuple[Array, Array] | None = None,
+        cache_index: Array | None = None,
+    ) -> tuple[Array, tuple[Array, Array] | None]:
+        """Returns ``(logits [B, T, V] float32, new (k, v) each [L, B, S, K, D] or None)``.
+
+        ``positions``: ``[B, T]`` int RoPE positions. ``attend``: ``[B, T, S]`` bool, which
+        keys each query sees (S == T without a cache). ``kv``: the cache's ``(k, v)``; the
+        new tokens are written at slot ``cache_index``.
+        """
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            embedding_init=nn.initializers.normal(INIT_STD),
+            name="embed",
+            **kw,
+        )
+        h_bte = embed(input_ids_bt)
+        rope = _rope_tables(cfg, positions_bt)
+
+        layer = nn.remat(DecoderLayer, prevent_cse=False) if self.remat else DecoderLayer
+        stack = nn.scan(
+            layer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+            length=cfg.num_layers,
+        )
+        h_bte, new_kv = stack(cfg, name="layers", **kw)(h_bte, rope, attend_bts, kv, cache_index)
+        h_bte = RMSNorm(cfg.rms_norm_eps, name="final_norm", **kw)(h_bte)
+
+        if cfg.tie_word_embeddings:
+            table_ve = embed.embedding.astype(self.dtype)
+            logits = jnp.einsum("bte,ve->btv", h_bte, table_ve, preferred_element_type=jnp.float32)
+        else:
+            logits = nn.Dense(
+                cfg.vocab_size,
+                use_bias=False,
+                kernel_init=nn.initializers.normal(INIT_STD),
+                dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32),
+                name="lm_head",
+                **kw,
+            )(h_bte)
+        return logits.astype(jnp.float32), new_kv
+
+
+def _attend_mask(key_valid_bs: Array, query_slot_t: Array, key_slot_s: Array, sliding_window: int | None) -> Array:
+    """``[B, T, S]`` bool: key is a real token, not after the query, and within the window."""
+    distance_ts = query_slot_t[:, None] - key_slot_s[None, :]
+    allowed_ts = distance_ts >= 0
+    if sliding_window is not None:
+        allowed_ts &= distance_ts < sliding_window
+    return allowed_ts[None] & (key_valid_bs[:, None, :] > 0)
+
+
+def default_positions(attention_mask_bt: Array) -> Array:
+    """``cumsum(mask) - 1`` clipped at 0: RoPE positions for left- or right-padded rows."""
+    return jnp.maximum(jnp.cumsum(attention_mask_bt, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def forward(
+    model: CausalLM,
+    params: Any,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    positions: Array | None = None,
+) -> Array:
+    """Logits ``[B, T, V]`` float32 of a full sequence.
+
+    ``input_ids``: ``[B, T]`` int. ``attention_mask``: ``[B, T]`` 1 on real tokens (default
+    all ones); padded keys are never attended to, and logits at padded positions are
+    meaningless. ``positions``: ``[B, T]`` RoPE positions (default ``default_positions``).
+    Attention is causal by index and, with a sliding window, limited by index distance.
+    Jitted with ``model`` static (one compilation per model and input shapes).
+    """
+    if attention_mask is None:
+        attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+    if positions is None:
+        positions = default_positions(attention_mask)
+    slots = jnp.arange(input_ids.shape[1])
+    attend = _attend_mask(attention_mask, slots, slots, model.config.sliding_window)
+    logits, _ = model.apply({"params": params}, input_ids, positions, attend)
+    return logits
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def forward_cached(
+    model: CausalLM,
+    params: Any,
+    input_ids: Array,
+    attention_mask: Array,
+    cache: KVCache,
+    cache_index: Array | int,
+) -> tuple[Array, KVCache]:
+    """Runs ``T`` new tokens against the cache; returns ``(logits [B, T, V] f32, new cache)``.
+
+    The new tokens fill slots ``[cache_index, cache_index + T)`` (``cache.mask`` there is
+    set to ``attention_mask`` ``[B, T]``). Their positions continue each row's count of
+    valid slots before ``cache_index``. A query sees valid slots up to its own (and within
+    the sliding window by slot distance). Jitted with ``model`` static; ``cache_index`` is
+    traced, so all decode steps share one compilation. Wrap it in your own ``jax.jit`` with
+    ``donate_argnames="cache"`` to update the cache in place.
+    """
+    cache_index = jnp.asarray(cache_index, jnp.int32)
+    num_new, num_slots = input_ids.shape[1], cache.mask.shape[1]
+    slots = jnp.arange(num_slots)
+    valid_before_b = jnp.sum(cache.mask * (slots < cache_index), axis=1)
+    positions = valid_before_b[:, None] + default_positions(attention_mask)
+    mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask.astype(jnp.int32), (0, cache_index))
+    query_slots = cache_index + jnp.arange(num_new)
+    attend = _attend_mask(mask, query_slots, slots, model.config.sliding_window)
+    logits, (k, v) = model.apply({"params": params}, input_ids, positions, attend, (cache.k, cache.v), cache_index)
+    return logits, KVCache(k, v, mask)
+
+
+def init_params(model: CausalLM, rng: Array) -> Any:
+    """Random params for ``model`` (jit this with ``out_shardings`` to init sharded)."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return model.init(rng, ids, ids, jnp.ones((1, 1, 1), bool))["params"]
+
+
+# Compiled once per model (same config and dtypes), whatever the seed.
+_jitted_init_params = jax.jit(init_params, static_argnames="model")
+
+
+def init_model(
+    config: ModelConfig | Mapping[str, Any],
+    *,
+    seed: int = 0,
+    dtype: DType = jnp.float32,
+    param_dtype: DType = jnp.float32,
+    remat: bool = False,
+) -> tuple[CausalLM, Any]:
+    """``(model, params)`` with normal(0.02) weights, unit norm scales and zero biases.
+
+    ``config``: a ``ModelConfig``, or a dict / ``ConfigDict`` of its fields.
+    """
+    model = CausalLM(as_model_config(config), dtype=dtype, param_dtype=param_dtype, remat=remat)
+    return model, _jitted_init_params(model, jax.random.key(seed))
+
+
+# Logical axis names of each param, keyed by its path below the model (or below "layers",
+# whose leaves all get a leading "layers" axis).
+_TOP_LEVEL_AXES = {
+    ("embed", "embedding"): ("vocab", "embed"),
+    ("final_norm", "scale"): ("embed",),
+    ("lm_head", "kernel"): ("embed", "vocab"),
+}
+_LAYER_AXES = {
+    ("attn_norm", "scale"): ("embed",),
+    ("attn", "q", "kernel"): ("embed", "q_heads", "head_dim"),
+    ("attn", "q", "bias"): ("q_heads", "head_dim"),
+    ("attn", "k", "kernel"): ("embed", "kv_heads", "head_dim"),
+    ("attn", "k", "bias"): ("kv_heads", "head_dim"),
+    ("attn", "v", "kernel"): ("embed", "kv_heads", "head_dim"),
+    ("attn", "v", "bias"): ("kv_heads", "head_dim"),
+    ("attn", "o", "kernel"): ("q_heads", "head_dim", "embed"),
+    ("mlp_norm", "scale"): ("embed",),
+    ("mlp", "gate", "kernel"): ("embed", "mlp"),
+    ("mlp", "up", "kernel"): ("embed", "mlp"),
+    ("mlp", "down", "kernel"): ("mlp", "embed"),
+}
+
+
+def param_logical_axes(path: tuple[str, ...]) -> tuple[str | None, ...]:
+    """Logical axis names of the param at ``path`` (e.g. ``('layers', 'attn', 'q', 'kernel')``)."""
+    if path[0] == "layers" and path[1:] in _LAYER_AXES:
+        return ("layers",) + _LAYER_AXES[path[1:]]
+    if path in _TOP_LEVEL_AXES:
+        return _TOP_LEVEL_AXES[path]
+    raise KeyError(f"no logical axes for param {'/'.join(path)}")
+
+
+def logical_axes(params: Any) -> Any:
+    """Same tree as ``params`` with, at each leaf, a tuple of logical axis names per dim.
+
+    Names come from ``{'layers', 'vocab', 'embed', 'q_heads', 'kv_heads', 'head_dim',
+    'mlp'}``. The leaves are tuples, so map over the result with
+    ``is_leaf=lambda x: isinstance(x, tuple)``. Works on arrays or ``ShapeDtypeStruct``s.
+    """
+
+    def axes_of(key_path: Any, _leaf: Any) -> tuple[str | None, ...]:
+        return param_logical_axes(tuple(str(k.key) for k in key_path))
+
+    return jax.tree_util.tree_map_with_path(axes_of, params)
+
+
+def count_params(params: Any) -> int:
+    """Total number of scalars in the params tree."""
+    return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree_util.tree_leaves(params)))

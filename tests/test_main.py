@@ -1,0 +1,108 @@
+"""End-to-end jobs on the built-in task at toy sizes: outputs, resume, CLI flags, config errors."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxpref.config_checks import ConfigError
+from jaxpref.main import run
+from jaxpref.models import load_pretrained
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def toy(cfg, cache_dir, **overrides):
+    cfg.sft.cache_dir = str(cache_dir)
+    cfg.sft.steps, cfg.sft.num_examples, cfg.sft.batch_size = 30, 512, 32
+    cfg.data.num_pairs, cfg.batch_size, cfg.num_steps = 128, 16, 6
+    cfg.eval.num_prompts, cfg.eval.batch_size = 32, 32
+    cfg.log_every, cfg.checkpoint_every = 2, 3
+    for k, v in overrides.items():
+        node = cfg
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("sft_cache")
+
+
+def test_dpo_job_writes_summary_metrics_plot_and_export(tmp_path, cache_dir):
+    cfg = toy(load_config("dpo"), cache_dir, export_dir=str(tmp_path / "export"))
+    summary = run(cfg, str(tmp_path / "run"))
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for key in ("method", "steps", "win_rate_vs_sft", "mean_reward", "sft_mean_reward", "kl_vs_sft",
+                "train_tokens_per_second"):
+        assert key in on_disk, key
+    assert on_disk["steps"] == 6 and on_disk["num_prompts"] == 32
+    assert 0.0 <= summary["win_rate_vs_sft"] <= 1.0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert all(np.isfinite(r["loss"]) and r["tokens_per_second"] > 0 for r in rows)
+    assert (tmp_path / "run" / "training_curves.png").stat().st_size > 1000
+    assert os.listdir(tmp_path / "run" / "tensorboard")
+    model, params = load_pretrained(str(tmp_path / "export"))
+    assert model.config.vocab_size == 28
+    # The SFT policy was cached: a second job reuses it.
+    again = run(toy(load_config("ipo"), cache_dir), str(tmp_path / "run2"))
+    assert again["sft"]["sft_cached"] is True
+
+
+@pytest.mark.parametrize("name", ["tr_dpo", "kto"])
+def test_killed_run_resumes_from_checkpoint_with_identical_result(tmp_path, cache_dir, name):
+    straight = toy(load_config(name), cache_dir, export_dir=str(tmp_path / "a_export"))
+    run(straight, str(tmp_path / "a"))
+    # Second run: stop after the step-3 checkpoint (as a kill would), then relaunch the same job.
+    first = toy(load_config(name), cache_dir)
+    workdir = tmp_path / "b"
+    run(first, str(workdir))
+    ckpts = workdir / "checkpoints"
+    shutil.rmtree(ckpts / "6")  # lose everything after step 3
+    resumed = toy(load_config(name), cache_dir, export_dir=str(tmp_path / "b_export"))
+    summary = run(resumed, str(workdir))
+    assert summary["resumed_from_step"] == 3 and summary["steps"] == 6
+    a = load_pretrained(str(tmp_path / "a_export"))[1]
+    b = load_pretrained(str(tmp_path / "b_export"))[1]
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
+
+
+def test_bad_config_values_fail_before_compiling(tmp_path, cache_dir):
+    for key, value, match in [("beta", 0.0, "config.beta"), ("ref_update_alpha", 1.5, "config.ref_update_alpha"),
+                              ("loss", "dpoo", "config.loss"), ("batch_size", 0, "config.batch_size")]:
+        cfg = toy(load_config("dpo"), cache_dir, **{key: value})
+        with pytest.raises(ConfigError, match=match):
+            run(cfg, str(tmp_path / "bad"))
+
+
+def test_cli_overrides_and_typo_rejection(tmp_path, cache_dir):
+    env = {**os.environ, "JAXPREF_CACHE_DIR": str(tmp_path / "cache")}
+    base = [sys.executable, "-m", "jaxpref.main", "--config=configs/slic.py", f"--workdir={tmp_path / 'cli'}",
+            f"--config.sft.cache_dir={cache_dir}", "--config.sft.steps=30", "--config.sft.num_examples=512",
+            "--config.sft.batch_size=32", "--config.data.num_pairs=64", "--config.batch_size=16",
+            "--config.num_steps=2", "--config.eval.num_prompts=16", "--config.eval.batch_size=16",
+            "--config.log_every=1"]
+    done = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["method"] == "slic" and summary["steps"] == 2
+    typo = subprocess.run(base + ["--config.bta=0.1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert typo.returncode != 0 and "bta" in typo.stderr

@@ -1,0 +1,395 @@
+"""Tests of jaxpref.models: HF parity (vs PyTorch transformers), checkpoint I/O, KV cache."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpref.models import (
+    KVCache,
+    ModelConfig,
+    count_params,
+    forward,
+    forward_cached,
+    init_cache,
+    init_model,
+    load_pretrained,
+    load_tokenizer,
+    logical_axes,
+    save_pretrained,
+)
+from jaxpref.models.hf_io import parse_size
+from jaxpref.models.llama import rope_inverse_frequencies
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TOL = 1e-4
+SEQ_LEN = 10
+TINY = dict(
+    vocab_size=96,
+    hidden_size=64,
+    intermediate_size=80,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=8,
+)
+HF_MODELS = {
+    "llama_gqa_tied": (transformers.LlamaConfig, dict(tie_word_embeddings=True)),
+    "qwen2_bias": (transformers.Qwen2Config, dict(tie_word_embeddings=False)),
+    "mistral_window": (transformers.MistralConfig, dict(sliding_window=3)),
+    "llama3_rope": (
+        transformers.LlamaConfig,
+        dict(rope_parameters=dict(LLAMA3_ROPE, rope_theta=500000.0), num_key_value_heads=4),
+    ),
+}
+
+
+# jaxpref-only test models (each compiles its init once, shared by the tests using it).
+JAX_MODELS = {
+    "mistral_window": dict(model_type="mistral", sliding_window=3),
+    "qwen2_bias": dict(model_type="qwen2"),
+    "llama_tied_llama3": dict(tie_word_embeddings=True, rope_scaling=LLAMA3_ROPE),
+}
+
+
+def _tiny_fields() -> dict:
+    return dict(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=80,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+def _torch_model(name: str, dtype=None):
+    """A tiny random HF model whose params (norms and biases included) are far from init."""
+    config_cls, overrides = HF_MODELS[name]
+    config = config_cls(**{**TINY, **overrides}, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for param_name, p in model.named_parameters():
+            if "norm" in param_name:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.15)
+    return model.to(dtype) if dtype is not None else model
+
+
+def _batch(padding: str) -> tuple[np.ndarray, np.ndarray]:
+    """``[3, SEQ_LEN]`` ids and mask with 10, 7 and 4 real tokens, padded left or right."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, TINY["vocab_size"], (3, SEQ_LEN)).astype(np.int32)
+    lengths = np.array([SEQ_LEN, 7, 4])
+    mask = (np.arange(SEQ_LEN)[None] < lengths[:, None]).astype(np.int32)
+    if padding == "left":
+        mask = mask[:, ::-1].copy()
+    return np.where(mask == 1, ids, 0).astype(np.int32), mask
+
+
+def _torch_logits(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            position_ids=torch.tensor(positions, dtype=torch.long),
+        )
+    return out.logits.float().numpy()
+
+
+def _max_diff_on_real_tokens(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a) - np.asarray(b))[mask == 1].max())
+
+
+@pytest.fixture(scope="module", params=sorted(HF_MODELS))
+def hf_checkpoint(request, tmp_path_factory):
+    """``(name, torch model, folder it was saved to)``."""
+    model = _torch_model(request.param)
+    folder = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(folder)
+    return request.param, model, folder
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_logits_match_transformers(hf_checkpoint, padding):
+    _, torch_model, folder = hf_checkpoint
+    model, params = load_pretrained(folder)
+    ids, mask = _batch(padding)
+    expected = _torch_logits(torch_model, ids, mask)
+    assert np.abs(expected).max() > 1.0  # weights large enough for the comparison to bite
+    logits = forward(model, params, ids, mask)
+    assert logits.dtype == jnp.float32
+    assert _max_diff_on_real_tokens(logits, expected, mask) <= TOL
+
+
+def test_loaded_config_matches_checkpoint(hf_checkpoint):
+    name, torch_model, folder = hf_checkpoint
+    model, _ = load_pretrained(folder)
+    config = model.config
+    assert config.num_layers == 2
+    assert config.num_kv_heads == torch_model.config.num_key_value_heads
+    assert config.tie_word_embeddings == torch_model.config.tie_word_embeddings
+    assert config.attention_bias == (name == "qwen2_bias")
+    assert config.sliding_window == (3 if name == "mistral_window" else None)
+    if name == "llama3_rope":
+        assert config.rope_theta == 500000.0
+        assert config.rope_scaling["factor"] == 8.0
+
+
+def test_rope_frequencies_match_transformers(hf_checkpoint):
+    _, torch_model, folder = hf_checkpoint
+    model, _ = load_pretrained(folder)
+    expected = torch_model.model.rotary_emb.inv_freq.numpy()
+    np.testing.assert_allclose(rope_inverse_frequencies(model.config), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["llama_tied_llama3", "qwen2_bias"])
+def test_save_pretrained_loads_in_transformers(tmp_path, name):
+    config = ModelConfig(**_tiny_fields(), **JAX_MODELS[name])
+    model, params = init_model(config, seed=1)
+    params = jax.tree.map(lambda x: x * 5.0, params)  # larger logits, a stricter comparison
+    save_pretrained(model, params, tmp_path)
+    torch_model, info = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, output_loading_info=True, attn_implementation="eager"
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    ids, mask = _batch("right")
+    expected = _torch_logits(torch_model.eval(), ids, mask)
+    assert _max_diff_on_real_tokens(forward(model, params, ids, mask), expected, mask) <= TOL
+    generation = json.loads((tmp_path / "generation_config.json").read_text())
+    assert generation.get("eos_token_id") == config.eos_token_id
+
+
+def test_sharded_checkpoints_round_trip(tmp_path):
+    torch_model = _torch_model("qwen2_bias")
+    torch_model.save_pretrained(tmp_path / "torch", max_shard_size="40KB")
+    assert (tmp_path / "torch" / "model.safetensors.index.json").exists()
+    model, params = load_pretrained(tmp_path / "torch")
+    ids, mask = _batch("left")
+    expected = _torch_logits(torch_model, ids, mask)
+    assert _max_diff_on_real_tokens(forward(model, params, ids, mask), expected, mask) <= TOL
+
+    save_pretrained(model, params, tmp_path / "ours", max_shard_size="40KB")
+    index = json.loads((tmp_path / "ours" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    assert not (tmp_path / "ours" / "model.safetensors").exists()
+    _, reloaded = load_pretrained(tmp_path / "ours")
+    jax.tree.map(np.testing.assert_array_equal, reloaded, params)
+    reloaded_torch = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours")
+    torch_logits = _torch_logits(reloaded_torch.eval(), ids, mask)
+    assert _max_diff_on_real_tokens(torch_logits, expected, mask) <= TOL
+
+
+def test_bf16_checkpoint_stays_bf16(tmp_path):
+    _torch_model("llama_gqa_tied", dtype=torch.bfloat16).save_pretrained(tmp_path)
+    model, params = load_pretrained(tmp_path, dtype=jnp.bfloat16)
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+    _, params_f32 = load_pretrained(tmp_path, param_dtype=jnp.float32)
+    assert {x.dtype for x in jax.tree.leaves(params_f32)} == {jnp.dtype(jnp.float32)}
+    ids, mask = _batch("right")
+    assert forward(model, params, ids, mask).dtype == jnp.float32
+
+
+def test_bf16_compute_is_close_to_float32():
+    model32, params = init_model(ModelConfig(**_tiny_fields(), **JAX_MODELS["mistral_window"]))
+    model16 = model32.clone(dtype=jnp.bfloat16)
+    params = jax.tree.map(lambda x: x * 2.0, params)
+    ids, mask = _batch("left")
+    logits32 = np.asarray(forward(model32, params, ids, mask))[mask == 1]
+    logits16 = forward(model16, params, ids, mask)
+    assert logits16.dtype == jnp.float32
+    error = np.asarray(logits16)[mask == 1] - logits32
+    assert np.linalg.norm(error) <= 0.02 * np.linalg.norm(logits32)
+
+
+@pytest.mark.parametrize("name", sorted(JAX_MODELS))
+def test_cached_decode_matches_full_forward(name):
+    """Prefill of left-padded prompts of different lengths, then one token at a time."""
+    model, params = init_model(ModelConfig(**_tiny_fields(), **JAX_MODELS[name]))
+    params = jax.tree.map(lambda x: x * 5.0, params)
+    ids, mask = _batch("left")
+    prompt_len = 6
+    prompt_mask = mask[:, :prompt_len].copy()
+    prompt_mask[2, -1] = 1  # real prompt lengths 6, 3 and 1, left-padded
+    full_mask = np.concatenate([prompt_mask, np.ones_like(mask[:, prompt_len:])], axis=1)
+    expected = forward(model, params, ids, full_mask)
+
+    traced_shapes = []
+
+    @jax.jit
+    def step(ids_bt, mask_bt, cache, cache_index):
+        traced_shapes.append(ids_bt.shape)
+        return forward_cached(model, params, ids_bt, mask_bt, cache, cache_index)
+
+    cache = init_cache(model.config, batch_size=3, max_length=SEQ_LEN + 2)
+    logits, cache = step(ids[:, :prompt_len], prompt_mask, cache, 0)
+    pieces = [logits]
+    for t in range(prompt_len, SEQ_LEN):
+        logits, cache = step(ids[:, t : t + 1], full_mask[:, t : t + 1], cache, t)
+        pieces.append(logits)
+    assert traced_shapes == [(3, prompt_len), (3, 1)]  # cache_index is traced: no retrace
+    assert isinstance(cache, KVCache)
+    np.testing.assert_array_equal(cache.mask[:, :SEQ_LEN], full_mask)
+    assert not cache.mask[:, SEQ_LEN:].any()
+    decoded = np.concatenate(pieces, axis=1)
+    assert _max_diff_on_real_tokens(decoded, expected, full_mask) <= TOL
+
+
+def test_remat_gives_same_gradients():
+    config = ModelConfig(**_tiny_fields())
+    model, params = init_model(config)
+    model_remat = model.clone(remat=True)
+    ids, mask = _batch("right")
+
+    def loss(m, p):
+        return jnp.sum(forward(m, p, ids, mask) ** 2 * mask[..., None])
+
+    both = jax.jit(lambda p: (jax.grad(loss, 1)(model, p), jax.grad(loss, 1)(model_remat, p)))
+    grads, grads_remat = both(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, grads_remat)
+
+
+@pytest.mark.parametrize("name", sorted(JAX_MODELS))
+def test_logical_axes_cover_every_leaf(name):
+    allowed = {"layers", "vocab", "embed", "q_heads", "kv_heads", "head_dim", "mlp", None}
+    _, params = init_model(ModelConfig(**_tiny_fields(), **JAX_MODELS[name]))
+    axes = logical_axes(params)
+    is_axes = lambda x: isinstance(x, tuple)
+    assert jax.tree.structure(axes, is_leaf=is_axes) == jax.tree.structure(params)
+    for names, leaf in zip(jax.tree.leaves(axes, is_leaf=is_axes), jax.tree.leaves(params), strict=True):
+        assert len(names) == leaf.ndim and set(names) <= allowed
+    layer_axes = jax.tree.leaves(axes["layers"], is_leaf=is_axes)
+    assert all(names[0] == "layers" for names in layer_axes)
+    assert axes["embed"]["embedding"] == ("vocab", "embed")
+
+
+def test_count_params_matches_transformers():
+    torch_model = _torch_model("qwen2_bias")
+    config = ModelConfig.from_hf_dict(torch_model.config.to_dict())
+    params = jax.eval_shape(lambda: init_model(config)[1])
+    assert count_params(params) == sum(p.numel() for p in torch_model.parameters())
+
+
+def test_init_model_accepts_dict_and_config_dict():
+    ml_collections = pytest.importorskip("ml_collections")
+    model_a, params_a = init_model(_tiny_fields())
+    model_b, params_b = init_model(ml_collections.ConfigDict(_tiny_fields()))
+    assert model_a.config == model_b.config and hash(model_a.config) == hash(model_b.config)
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+    with pytest.raises(TypeError):
+        init_model(dict(_tiny_fields(), num_layerz=3))
+
+
+@pytest.mark.parametrize("name", sorted(HF_MODELS))
+def test_config_round_trips_through_transformers(tmp_path, name):
+    config_cls, overrides = HF_MODELS[name]
+    config = ModelConfig.from_hf_dict(config_cls(**{**TINY, **overrides}).to_dict())
+    (tmp_path / "config.json").write_text(json.dumps(config.to_hf_dict()))
+    hf_config = transformers.AutoConfig.from_pretrained(tmp_path)
+    assert type(hf_config) is config_cls
+    assert ModelConfig.from_hf_dict(hf_config.to_dict()) == config
+
+
+def test_config_accepts_pre_v5_rope_fields():
+    old = dict(
+        transformers.LlamaConfig(**TINY).to_dict(), rope_theta=500000.0, rope_scaling=dict(LLAMA3_ROPE, type="llama3")
+    )
+    del old["rope_parameters"]
+    config = ModelConfig.from_hf_dict(old)
+    assert config.rope_theta == 500000.0
+    assert config.rope_scaling == LLAMA3_ROPE
+    qwen_window = dict(
+        transformers.Qwen2Config(**TINY).to_dict(),
+        use_sliding_window=True,
+        sliding_window=5,
+        max_window_layers=0,
+        layer_types=None,
+    )
+    assert ModelConfig.from_hf_dict(qwen_window).sliding_window == 5
+
+
+def test_unsupported_architectures_are_named():
+    with pytest.raises(ValueError, match="gpt2"):
+        ModelConfig.from_hf_dict(dict(model_type="gpt2", vocab_size=10))
+    with pytest.raises(ValueError, match="yarn"):
+        ModelConfig.from_hf_dict(
+            transformers.LlamaConfig(**TINY, rope_parameters=dict(rope_type="yarn", factor=2.0)).to_dict()
+        )
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(FileNotFoundError, match="no_such_model"):
+        load_pretrained(missing)
+    model, params = init_model(ModelConfig(**_tiny_fields()))
+    save_pretrained(model, params, tmp_path / "ok")
+
+    bad_shape = dict(params, embed={"embedding": params["embed"]["embedding"][:-1]})
+    save_pretrained(model, bad_shape, tmp_path / "bad_shape")
+    with pytest.raises(ValueError, match="model.embed_tokens.weight"):
+        load_pretrained(tmp_path / "bad_shape")
+
+    untied = tmp_path / "ok" / "config.json"
+    hf_config = json.loads(untied.read_text())
+    (tmp_path / "missing").mkdir()
+    (tmp_path / "missing" / "config.json").write_text(json.dumps(dict(hf_config, num_hidden_layers=3)))
+    (tmp_path / "ok" / "model.safetensors").rename(tmp_path / "missing" / "model.safetensors")
+    with pytest.raises(ValueError, match="model.layers.2"):
+        load_pretrained(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_pretrained(tmp_path / "ok")
+
+
+def test_parse_size():
+    assert parse_size(123) == 123
+    assert parse_size("40KB") == 40_000
+    assert parse_size("2GiB") == 2 * 2**30
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def test_load_tokenizer_applies_chat_template(tmp_path):
+    pytest.importorskip("jinja2")
+    tokenizers = pytest.importorskip("tokenizers")
+    words = ["<pad>", "<s>", "</s>", "<unk>", "user:", "assistant:", "hello", "there"]
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    tokenizer.save_pretrained(tmp_path)
+
+    loaded = load_tokenizer(tmp_path)
+    messages = [{"role": "user", "content": "hello there"}]
+    text = loaded.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == "<s>user: hello there assistant: "
+    assert loaded(text, add_special_tokens=False)["input_ids"] == [1, 4, 6, 7, 5]
+    assert loaded.pad_token_id == 0 and loaded.eos_token_id == 2
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        load_tokenizer(tmp_path / "nothing_here")

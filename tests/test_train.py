@@ -1,0 +1,202 @@
+"""Train state, reference updates and the fused train step on a tiny model."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxpref.batches import PairExample, collate_pairs, collate_unpaired, pairs_to_unpaired
+from jaxpref.losses import dpo_loss, sequence_logps
+from jaxpref.models import forward, init_model
+from jaxpref.objectives import OBJECTIVES, LossHParams, get_objective
+from jaxpref.tasks.synthetic import EchoTask
+from jaxpref.train_state import create_train_state, update_reference
+from jaxpref.train_step import batch_groups, grouped_logps, make_train_step
+
+TASK = EchoTask()
+CFG = dict(vocab_size=TASK.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+           num_kv_heads=2, tie_word_embeddings=True, model_type="llama", max_position_embeddings=64,
+           rope_theta=10000.0, rms_norm_eps=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return init_model(CFG, seed=0)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return TASK.preference_dataset(seed=0, n=64)
+
+
+def _batch(pairs, n=16):
+    return batch_groups(collate_pairs(pairs[:n], pad_id=0, buckets=[24]))
+
+
+def test_reference_update_soft_after_tau_steps_matches_formula():
+    params = {"w": jnp.arange(6.0).reshape(2, 3)}
+    tx = optax.sgd(0.5)
+    state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
+    old_ref = jax.tree.map(jnp.copy, state.ref_params)
+    alpha, tau = 0.6, 3
+    for i in range(1, 7):
+        grads = {"w": jnp.full((2, 3), float(i))}
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state)
+        before = jax.tree.map(jnp.copy, state.ref_params)
+        state = update_reference(state, every=tau, alpha=alpha)
+        if i % tau == 0:
+            want = alpha * np.asarray(state.params["w"]) + (1 - alpha) * np.asarray(old_ref["w"])
+            np.testing.assert_allclose(state.ref_params["w"], want, rtol=1e-6)
+            old_ref = jax.tree.map(jnp.copy, state.ref_params)
+        else:  # between updates the reference is untouched
+            np.testing.assert_array_equal(state.ref_params["w"], before["w"])
+
+
+def test_reference_update_hard_copies_and_zero_disables():
+    params = {"w": jnp.ones(3)}
+    state = create_train_state(params, optax.sgd(1.0), rng=jax.random.PRNGKey(0), with_reference=True)
+    state = state.replace(step=jnp.int32(4), params={"w": jnp.full(3, 7.0)})
+    np.testing.assert_array_equal(update_reference(state, every=2, alpha=1.0).ref_params["w"], 7.0)
+    np.testing.assert_array_equal(update_reference(state, every=0, alpha=1.0).ref_params["w"], 1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        update_reference(state, every=2, alpha=1.5)
+
+
+def test_grouped_logps_is_one_forward_and_equals_separate_forwards(tiny, pairs):
+    model, params = tiny
+    groups, _ = _batch(pairs)
+    fused = grouped_logps(model, params, groups, ("chosen", "rejected"))
+    for name in ("chosen", "rejected"):
+        g = groups[name]
+        alone = sequence_logps(forward(model, params, g.ids, g.attention_mask), g.ids, g.completion_mask)
+        np.testing.assert_allclose(fused[name], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_dpo_step_loss_equals_loss_function_at_init(tiny, pairs):
+    model, params = tiny
+    groups, extras = _batch(pairs)
+    tx = optax.adamw(1e-3)
+    step = jax.jit(make_train_step(model, get_objective("dpo"), LossHParams(beta=0.1), tx))
+    state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
+    _, metrics = step(state, groups, extras)
+    lp = grouped_logps(model, params, groups, ("chosen", "rejected"))
+    want = np.mean(dpo_loss(lp["chosen"], lp["rejected"], lp["chosen"], lp["rejected"], beta=0.1)[0])
+    np.testing.assert_allclose(metrics["loss"], want, rtol=1e-6)
+    np.testing.assert_allclose(metrics["loss"], np.log(2.0), rtol=1e-5)  # policy == reference
+
+
+@pytest.mark.parametrize("loss", ["dpo", "ipo", "hinge", "slic", "kto_pair", "sppo_hard"])
+def test_training_lowers_loss_and_raises_reward_accuracy(tiny, pairs, loss):
+    model, params = tiny
+    groups, extras = _batch(pairs, 32)
+    tx = optax.adam(3e-3)
+    step = jax.jit(make_train_step(model, get_objective(loss), LossHParams(beta=0.5, delta=1.0), tx))
+    state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
+    ref_before = jax.tree.map(np.asarray, state.ref_params)
+    history = []
+    for _ in range(25):
+        state, m = step(state, groups, extras)
+        history.append(jax.device_get(m))
+    assert history[-1]["loss"] < history[0]["loss"]
+    if loss != "slic":
+        assert history[-1]["reward_accuracy"] > history[0]["reward_accuracy"] or history[-1]["reward_accuracy"] == 1.0
+    # A frozen reference is bit-identical after training.
+    chex.assert_trees_all_equal(ref_before, jax.tree.map(np.asarray, state.ref_params))
+
+
+def test_kto_step_trains_on_unpaired_batch(tiny, pairs):
+    model, params = tiny
+    batch = collate_unpaired(pairs_to_unpaired(pairs[:16]), pad_id=0, buckets=[24])
+    groups, extras = batch_groups(batch)
+    tx = optax.adam(3e-3)
+    step = jax.jit(make_train_step(model, get_objective("kto"), LossHParams(beta=0.5), tx))
+    state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
+    losses = []
+    for _ in range(15):
+        state, m = step(state, groups, extras)
+        losses.append(float(m["loss"]))
+    np.testing.assert_allclose(losses[0], 0.5, rtol=1e-5)  # h = 0, z0 = 0: 1 - sigmoid(0)
+    assert losses[-1] < losses[0]
+
+
+def test_precomputed_reference_gives_the_same_step(tiny, pairs):
+    model, params = tiny
+    groups, extras = _batch(pairs)
+    tx = optax.sgd(1e-2)  # linear in the gradient, so equal gradients give equal params
+    step = jax.jit(make_train_step(model, get_objective("dpo"), LossHParams(beta=0.1), tx))
+    with_ref = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
+    without = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=False)
+    ref = grouped_logps(model, params, groups, ("chosen", "rejected"))
+    s1, m1 = step(with_ref, groups, extras)
+    s2, m2 = step(without, groups, {"ref_chosen": ref["chosen"], "ref_rejected": ref["rejected"]})
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
+    chex.assert_trees_all_close(s1.params, s2.params, rtol=1e-6, atol=1e-7)
+
+
+def test_trust_region_step_updates_reference_every_tau(tiny, pairs):
+    model, params = tiny
+    groups, extras = _batch(pairs)
+    tx = optax.adam(1e-2)
+    alpha, tau = 0.6, 2
+    step = jax.jit(make_train_step(model, get_objective("dpo"), LossHParams(beta=0.1), tx,
+                                   ref_update_every=tau, ref_update_alpha=alpha))
+    state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
+    old_ref = jax.tree.map(np.asarray, state.ref_params)
+    state, _ = step(state, groups, extras)  # step 1: no update
+    chex.assert_trees_all_equal(old_ref, jax.tree.map(np.asarray, state.ref_params))
+    state, _ = step(state, groups, extras)  # step 2: ref = alpha * policy + (1 - alpha) * old
+    want = jax.tree.map(lambda p, r: alpha * np.asarray(p) + (1 - alpha) * r, state.params, old_ref)
+    chex.assert_trees_all_close(jax.tree.map(np.asarray, state.ref_params), want, rtol=1e-6, atol=1e-7)
+
+
+def test_nonfinite_step_is_skipped(tiny, pairs):
+    model, params = tiny
+    groups, _ = _batch(pairs)
+    tx = optax.adam(1e-3)
+    step = jax.jit(make_train_step(model, get_objective("dpo"), LossHParams(beta=0.1), tx))
+    state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=False)
+    bad = {"ref_chosen": jnp.full((16,), jnp.nan), "ref_rejected": jnp.zeros((16,))}
+    new, m = step(state, groups, bad)
+    assert int(m["skipped"]) == 1 and int(new.step) == 1
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, new.params), jax.tree.map(np.asarray, params))
+
+
+def test_step_compiles_once(tiny, pairs):
+    model, params = tiny
+    groups, extras = _batch(pairs)
+    tx = optax.adam(1e-3)
+    traces = []
+
+    def counted(state, groups, extras):
+        traces.append(1)
+        return make_train_step(model, get_objective("dpo"), LossHParams(beta=0.1), tx)(state, groups, extras)
+
+    step = jax.jit(counted)
+    state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
+    for _ in range(3):
+        state, _ = step(state, groups, extras)
+    assert len(traces) == 1
+
+
+def test_every_objective_declares_known_groups():
+    for name, obj in OBJECTIVES.items():
+        assert set(obj.groups) <= {"chosen", "rejected", "sample", "completion", "kl"}, name
+    with pytest.raises(ValueError, match="unknown loss"):
+        get_objective("nope")
+
+
+def test_echo_task_oracle_hand_checked():
+    p = [1, 4, 5, 6, 3]  # words 4, 5, 6
+    assert TASK.reward(p, [4, 5, 6, 2]) == pytest.approx(1.0)
+    assert TASK.reward(p, [4, 9, 6, 2]) == pytest.approx(2 / 3)
+    assert TASK.reward(p, [4, 5, 2]) == pytest.approx(1.0 - 0.2)
+    assert TASK.preference_prob(p, [4, 5, 6, 2], [4, 5, 2]) == pytest.approx(1 / (1 + np.exp(-2.0)))
+    pairs = TASK.preference_dataset(seed=1, n=200)
+    assert all(isinstance(e, PairExample) and e.chosen != e.rejected for e in pairs)
+    r_c = TASK.rewards([e.prompt for e in pairs], [e.chosen for e in pairs])
+    r_r = TASK.rewards([e.prompt for e in pairs], [e.rejected for e in pairs])
+    assert np.mean(r_c > r_r) > 0.7  # BT labels agree with the oracle most of the time
