@@ -19,6 +19,8 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
+    "gguf>=0.19.0",  # reads GGUF checkpoints (SmolLM2) with numpy
+    "vaderSentiment>=3.3.2",  # sentiment reward of the controlled-generation task
 ]
 
 EXTRAS = {

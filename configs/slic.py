@@ -11,5 +11,5 @@ def get_config():
     c.method = "slic"
     c.loss = "slic"
     c.delta = 1.0
-    c.sft_weight = 0.1
+    c.sft_weight = 1.0
     return c

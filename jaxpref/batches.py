@@ -14,7 +14,8 @@ Every field is a numpy (host) or jax array; the types are NamedTuples, hence pyt
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 

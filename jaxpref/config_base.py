@@ -28,6 +28,7 @@ def task_config() -> ml_collections.ConfigDict:
 
 def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.job = "offline"  # offline | rso | sppo | selm | active_dpo | reward_model
     c.method = "dpo"  # the name written to summary.json
     c.loss = "dpo"  # a row of jaxpref.objectives.OBJECTIVES
     c.seed = 0
@@ -86,18 +87,27 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.precompute_ref_logps = True
 
     c.optimizer = ml_collections.ConfigDict(
-        dict(name="adamw", learning_rate=1e-3, warmup_steps=20, weight_decay=0.0, max_grad_norm=1.0)
+        dict(name="adamw", learning_rate=3e-4, warmup_steps=20, weight_decay=0.0, max_grad_norm=1.0)
     )
     c.batch_size = 32
     c.num_steps = 300
 
+    c.on_nonfinite = "skip"  # skip: drop the update and count it; stop: fail at the next log point
     c.log_every = 25
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
 
     c.eval = ml_collections.ConfigDict(
-        dict(num_prompts=512, batch_size=256, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=12)
+        dict(num_prompts=512, round_prompts=256, batch_size=256, temperature=1.0, top_k=0, top_p=1.0,
+             max_new_tokens=12)
     )
+
+    # Online methods: prompts per round, how responses are sampled, and who judges them.
+    c.num_prompts = 512
+    c.sampling = ml_collections.ConfigDict(
+        dict(max_new_tokens=12, batch_size=512, temperature=1.0, top_k=0, top_p=1.0)
+    )
+    c.judge = ml_collections.ConfigDict(dict(kind="oracle", path=""))
     c.export_dir = ""  # if set, the trained policy is written there in HF format
     return c
 

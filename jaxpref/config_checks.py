@@ -32,6 +32,7 @@ def validate_config(cfg) -> None:
     _require(cfg.optimizer.learning_rate > 0, "optimizer.learning_rate", "must be > 0")
     _require(cfg.optimizer.max_grad_norm > 0, "optimizer.max_grad_norm", "must be > 0")
     _require(cfg.log_every > 0, "log_every", "must be > 0")
+    _require(cfg.on_nonfinite in ("skip", "stop"), "on_nonfinite", "must be 'skip' or 'stop'")
     _require(cfg.checkpoint_every > 0, "checkpoint_every", "must be > 0")
     _require(cfg.keep_checkpoints > 0, "keep_checkpoints", "must be > 0")
     _require(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype", f"must be float32 or bfloat16, got {cfg.model.dtype!r}")

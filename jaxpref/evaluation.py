@@ -8,7 +8,7 @@ Monte-Carlo estimate ``E_{y ~ pi}[log pi(y|x) - log pi_sft(y|x)]`` from the poli
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

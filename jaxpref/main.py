@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
-from tqdm import tqdm
 
 from jaxpref import components, evaluation
 from jaxpref.checkpointing import Checkpointer
 from jaxpref.config_checks import validate_config
 from jaxpref.data import BatchStream
-from jaxpref.metrics_log import MetricsLogger, Throughput, read_metrics
+from jaxpref.loop import Preempted, run_steps
+from jaxpref.metrics_log import MetricsLogger, read_metrics
 from jaxpref.objectives import LossHParams, get_objective
 from jaxpref.train_state import create_train_state
 from jaxpref.train_step import batch_groups, make_train_step
@@ -52,11 +52,42 @@ def run(cfg, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(cfg.to_json_best_effort(indent=2))
-    objective = get_objective(cfg.loss)
-    frozen_ref = cfg.ref_update_every == 0
+    job = JOBS.get(cfg.job)
+    if job is None:
+        raise ValueError(f"config.job: unknown job {cfg.job!r}; known: {sorted(JOBS)}")
 
     # --- Policy -----------------------------------------------------------------------------
     policy = components.resolve_policy(cfg)
+
+    summary, final_params = job(cfg, workdir, policy)
+
+    # --- Eval and outputs -------------------------------------------------------------------
+    if policy.task is not None and cfg.job != "reward_model":
+        prompts = policy.task.eval_prompts(cfg.seed, cfg.eval.num_prompts)
+        summary.update(evaluation.evaluate_against_sft(
+            policy.model, final_params, policy.params, prompts, policy.reward_fn, jax.random.PRNGKey(cfg.seed + 10_000),
+            eos_id=policy.eos_id, pad_id=policy.pad_id, max_new_tokens=cfg.eval.max_new_tokens,
+            batch_size=cfg.eval.batch_size, temperature=cfg.eval.temperature, top_k=cfg.eval.top_k,
+            top_p=cfg.eval.top_p,
+        ))
+    summary["wall_seconds"] = time.perf_counter() - t_start
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        plot_training_curves(workdir)
+        if cfg.export_dir:
+            from jaxpref.models import save_pretrained
+
+            save_pretrained(policy.model, final_params, cfg.export_dir)
+            policy.tokenizer.save_pretrained(cfg.export_dir)
+    log.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k not in ("examples", "extra")}))
+    return summary
+
+
+def run_offline(cfg, workdir: str, policy: components.Policy) -> tuple[dict, object]:
+    """DPO-family and trust-region training on a fixed preference dataset."""
+    objective = get_objective(cfg.loss)
+    frozen_ref = cfg.ref_update_every == 0
     model, sft_params = policy.model, policy.params
 
     # --- Data -------------------------------------------------------------------------------
@@ -90,83 +121,70 @@ def run(cfg, workdir: str) -> dict:
         log.info("resumed from step %d (%s)", start_step, meta)
 
     # --- Loop -------------------------------------------------------------------------------
-    logger = MetricsLogger(workdir)
-    throughput = Throughput()
-    pending: list[dict] = []
-    train_seconds, train_tokens, skipped = 0.0, 0.0, 0
-    bar = tqdm(range(start_step, cfg.num_steps), initial=start_step, total=cfg.num_steps, desc=cfg.method,
-               mininterval=2.0, disable=jax.process_index() != 0)
-    t_interval = time.perf_counter()
-    for step in bar:
+    def batch_at(step):
         groups, extras = batch_groups(stream.batch_at(step))
         if ref_table is not None:
             idx = stream.global_indices(step).reshape(stream.process_count, -1)[stream.process_index]
             extras = {**extras, **{f"ref_{k}": v[idx] for k, v in ref_table.items()}}
-        state, metrics = step_fn(state, groups, extras)
-        pending.append(metrics)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.num_steps:
-            rows = jax.device_get(pending)
-            pending = []
-            avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-            tokens = float(np.sum([r["tokens"] for r in rows]))
-            skipped += int(np.sum([r["skipped"] for r in rows]))
-            now = time.perf_counter()
-            if step + 1 - len(rows) > start_step:  # exclude the interval holding the first compile
-                train_seconds += now - t_interval
-                train_tokens += tokens
-            throughput.add(tokens)
-            avg["tokens_per_second"] = throughput.rate()
-            del avg["tokens"]
-            logger.write(done, avg)
-            bar.set_postfix(loss=f"{avg['loss']:.4f}", tok_s=f"{avg['tokens_per_second']:.0f}")
-            log.info("step %d/%d loss %.4f reward_acc %s tokens/s %.0f", done, cfg.num_steps, avg["loss"],
-                     f"{avg['reward_accuracy']:.3f}" if "reward_accuracy" in avg else "-", avg["tokens_per_second"])
-            t_interval = time.perf_counter()
-        if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
-            t_save = time.perf_counter()
-            ckpt.save(done, state, {"step": done, "method": cfg.method})
-            t_interval += time.perf_counter() - t_save  # checkpoint time is not training time
-    bar.close()
+        return groups, extras
+
+    logger = MetricsLogger(workdir)
+    state, stats = run_steps(step_fn, state, batch_at, start=start_step, stop=cfg.num_steps, logger=logger,
+                             log_every=cfg.log_every, checkpointer=ckpt, checkpoint_every=cfg.checkpoint_every,
+                             meta={"method": cfg.method}, desc=cfg.method, on_nonfinite=cfg.on_nonfinite)
     logger.close()
     ckpt.close()
 
-    # --- Eval -------------------------------------------------------------------------------
     summary = {
         "method": cfg.method,
         "loss": cfg.loss,
         "steps": int(state.step),
         "resumed_from_step": start_step,
-        "train_tokens_per_second": train_tokens / train_seconds if train_seconds > 0 else None,
-        "skipped_steps": skipped,
+        "train_tokens_per_second": stats.tokens_per_second,
+        "skipped_steps": stats.skipped_steps,
         "data": data_report,
         "sft": policy.info,
     }
-    eval_rng = jax.random.PRNGKey(cfg.seed + 10_000)
-    if policy.task is not None:
-        prompts = policy.task.eval_prompts(cfg.seed, cfg.eval.num_prompts)
-        summary.update(evaluation.evaluate_against_sft(
-            model, state.params, sft_params, prompts, policy.reward_fn, eval_rng, eos_id=policy.eos_id,
-            pad_id=policy.pad_id, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
-            temperature=cfg.eval.temperature, top_k=cfg.eval.top_k, top_p=cfg.eval.top_p,
-        ))
     if held_out:
         summary.update(evaluation.held_out_preference_accuracy(
             model, state.params, sft_params, held_out, pad_id=policy.pad_id, buckets=buckets,
             batch_size=cfg.batch_size, beta=cfg.beta,
         ))
-    summary["wall_seconds"] = time.perf_counter() - t_start
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        plot_training_curves(workdir)
-        if cfg.export_dir:
-            from jaxpref.models import save_pretrained
+    return summary, state.params
 
-            save_pretrained(model, state.params, cfg.export_dir)
-            policy.tokenizer.save_pretrained(cfg.export_dir)
-    log.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k != "examples"}))
-    return summary
+
+def run_online(cfg, workdir: str, policy: components.Policy) -> tuple[dict, object]:
+    """RSO, SPPO, SELM or active DPO: rounds of sampling, judging and training."""
+    from jaxpref import online, online_job
+    from jaxpref.methods import active, rso, selm, sppo
+
+    method = {"rso": rso, "sppo": sppo, "selm": selm, "active_dpo": active}[cfg.job]
+    logger = MetricsLogger(workdir)
+    checkpoints = online.RoundCheckpoints(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
+    ctx = online_job.OnlineContext(cfg, workdir, policy, online_job.make_judge(cfg, policy),
+                                   online.Trainer(policy.model, cfg, logger, loss_hparams(cfg)), checkpoints)
+    result = method.run(ctx)
+    logger.close()
+    checkpoints.close()
+    if "plot" in result and jax.process_index() == 0:
+        name, curves = result["plot"]
+        online_job.plot_curves(os.path.join(workdir, name), curves)
+    summary = {"method": cfg.method, "loss": cfg.loss, "job": cfg.job, "judge": cfg.judge.kind,
+               "sft": policy.info, **result.get("extra", {})}
+    stats = result.get("stats")
+    if stats is not None:
+        summary["train_tokens_per_second"] = stats.tokens_per_second
+    return summary, result["params"]
+
+
+def run_reward_model(cfg, workdir: str, policy: components.Policy) -> tuple[dict, object]:
+    from jaxpref.methods import reward_model
+
+    return reward_model.run(cfg, workdir, policy), policy.params
+
+
+JOBS = {"offline": run_offline, "rso": run_online, "sppo": run_online, "selm": run_online,
+        "active_dpo": run_online, "reward_model": run_reward_model}
 
 
 def plot_training_curves(workdir: str) -> None:
@@ -207,7 +225,11 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     setup_logging()
     cfg = _CONFIG.value
-    run(cfg, _WORKDIR.value or os.path.join("runs", cfg.method))
+    try:
+        run(cfg, _WORKDIR.value or os.path.join("runs", cfg.method))
+    except Preempted as stop:
+        log.warning("%s", stop)
+        raise SystemExit(128 + stop.signum) from None
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 
 import jax
 
@@ -45,23 +44,6 @@ class MetricsLogger:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-
-
-class Throughput:
-    """Tokens per second over the interval since the last ``rate()`` call."""
-
-    def __init__(self):
-        self._t = time.perf_counter()
-        self._tokens = 0.0
-
-    def add(self, tokens: float) -> None:
-        self._tokens += tokens
-
-    def rate(self) -> float:
-        now = time.perf_counter()
-        r = self._tokens / max(now - self._t, 1e-9)
-        self._t, self._tokens = now, 0.0
-        return r
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -11,7 +11,8 @@ by the reference-update rule in the config).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

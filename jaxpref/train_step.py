@@ -10,7 +10,7 @@ Non-finite losses or gradients leave params and optimizer state untouched (count
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp

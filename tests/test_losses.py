@@ -1,7 +1,7 @@
 """Losses against independent float64 numpy formulas, finite differences, jit and bf16."""
 
-import sys
 import subprocess
+import sys
 
 import chex
 import jax

@@ -223,6 +223,7 @@ class CausalLM(nn.Module):
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
     remat: bool = False
+    return_hidden: bool = False  # return final-norm hidden states [B, T, E] instead of logits
 
     @nn.compact
     def __call__(
@@ -261,6 +262,8 @@ class CausalLM(nn.Module):
         )
         h_bte, new_kv = stack(cfg, name="layers", **kw)(h_bte, rope, attend_bts, kv, cache_index)
         h_bte = RMSNorm(cfg.rms_norm_eps, name="final_norm", **kw)(h_bte)
+        if self.return_hidden:
+            return h_bte, new_kv
 
         if cfg.tie_word_embeddings:
             table_ve = embed.embedding.astype(self.dtype)

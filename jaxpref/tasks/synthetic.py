@@ -137,6 +137,10 @@ class EchoTask:
             pairs.append(PairExample(p, chosen, rejected))
         return pairs
 
+    def train_prompts(self, seed: int, n: int) -> list[list[int]]:
+        """Prompts for online sampling rounds (their own stream per seed)."""
+        return self.sample_prompts(np.random.default_rng([seed, 4]), n)
+
     def eval_prompts(self, seed: int, n: int) -> list[list[int]]:
         """Held-out prompts (a stream disjoint from the training seeds' streams)."""
         return self.sample_prompts(np.random.default_rng([seed, 3]), n)
