@@ -14,8 +14,13 @@ def get_config():
     c = get_base_config()
     c.job = c.method = "rso"
     c.loss = "dpo"  # sigmoid-norm; "hinge" for hinge-norm
-    c.beta = 0.1  # the loss's gamma
+    # The loss's gamma. Pairs are drawn only among accepted (high-reward) samples, so the loss
+    # never sees the policy's bad outputs; with a small gamma the policy drifts toward unseen
+    # ones (on the echo task: empty responses). A strong KL term (gamma = 1) keeps it close.
+    c.beta = 1.0
+    c.optimizer.learning_rate = 1e-3
+    c.num_steps = 150
     c.rso = ml_collections.ConfigDict(
-        dict(num_samples=16, num_accept=8, sampling_beta=0.1, pairing="first_round")
+        dict(num_samples=16, num_accept=8, sampling_beta=0.3, pairing="first_round")
     )
     return c

@@ -1,7 +1,8 @@
 """SPPO (Wu et al. 2024): self-play iterations toward the Nash policy of a preference game.
 
     python -m jaxpref.main --config=configs/sppo.py
-    python -m jaxpref.main --config=configs/sppo.py --config.judge.kind=reward_model --config.judge.path=runs/reward_model/reward_model
+    python -m jaxpref.main --config=configs/sppo.py --config.judge.kind=reward_model \
+        --config.judge.path=runs/reward_model/reward_model
 """
 
 import ml_collections

@@ -37,7 +37,7 @@ class Policy:
     tokenizer: Any
     pad_id: int
     eos_id: int
-    task: EchoTask | None
+    task: Any
     reward_fn: Callable | None
     info: dict
 
@@ -48,8 +48,21 @@ def echo_task(cfg) -> EchoTask:
 
 
 def resolve_policy(cfg) -> Policy:
-    """The SFT policy: the cached tiny model for the built-in task, or an HF checkpoint."""
+    """The SFT policy: the cached tiny model for the built-in task, SmolLM2-135M-Instruct for
+    the sentiment task, or an HF checkpoint (``model.path``, a folder or a ``.gguf`` file)."""
     dtype = DTYPES[cfg.model.dtype]
+    if cfg.model.name == "smollm2-135m":
+        from jaxpref.assets import asset_path
+        from jaxpref.models import load_gguf, load_tokenizer
+        from jaxpref.tasks.sentiment import SentimentTask
+
+        path = asset_path("smollm2-135m", download=False)  # the error names the fetch command
+        model, params = load_gguf(path, dtype=dtype)
+        tokenizer = load_tokenizer(path)
+        if cfg.task.name != "sentiment":
+            raise ValueError("config.task.name: smollm2-135m runs the 'sentiment' task")
+        task = SentimentTask(tokenizer, max_new_tokens=cfg.task.max_new_tokens, bt_temperature=cfg.task.bt_temperature)
+        return Policy(model, params, tokenizer, task.pad_id, task.eos_id, task, task.rewards, {"model_path": path})
     if cfg.model.name == "tiny":
         from jaxpref.sft import load_or_train_sft
 
@@ -84,9 +97,24 @@ def resolve_data(cfg, policy: Policy, objective: Objective):
         return train, held_out, report.to_dict()
     if policy.task is None:
         raise ValueError("config.data.source: a custom model needs a dataset (local file or hub name)")
-    pairs = policy.task.preference_dataset(cfg.seed, cfg.data.num_pairs)
+    pairs = offline_pairs(cfg, policy)
     examples = pairs if objective.paired else pairs_to_unpaired(pairs)
-    return examples, None, {"kept": len(examples), "source": "builtin:echo"}
+    return examples, None, {"kept": len(examples), "source": f"builtin:{cfg.task.name}"}
+
+
+def offline_pairs(cfg, policy: Policy) -> list[PairExample]:
+    """The built-in task's offline preference pairs.
+
+    Echo: behaviour-policy pairs. Sentiment: two samples per training prompt from the starting
+    (SFT) policy, labelled by Bradley-Terry on the VADER reward, as in the DPO paper.
+    """
+    if isinstance(policy.task, EchoTask):
+        return policy.task.preference_dataset(cfg.seed, cfg.data.num_pairs)
+    from jaxpref.tasks.sentiment import make_preference_pairs
+
+    prompts = policy.task.train_prompts(cfg.seed, cfg.data.num_pairs)
+    return make_preference_pairs(policy.task, policy.model, policy.params, prompts, jax.random.PRNGKey(cfg.seed),
+                                 num_samples=2, batch_size=cfg.sampling.batch_size)
 
 
 def buckets_for(cfg, policy: Policy) -> list[int]:

@@ -35,7 +35,8 @@ def validate_config(cfg) -> None:
     _require(cfg.on_nonfinite in ("skip", "stop"), "on_nonfinite", "must be 'skip' or 'stop'")
     _require(cfg.checkpoint_every > 0, "checkpoint_every", "must be > 0")
     _require(cfg.keep_checkpoints > 0, "keep_checkpoints", "must be > 0")
-    _require(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype", f"must be float32 or bfloat16, got {cfg.model.dtype!r}")
+    _require(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype",
+             f"must be float32 or bfloat16, got {cfg.model.dtype!r}")
     _require(cfg.data.on_bad_row in ("error", "drop"), "data.on_bad_row", "must be 'error' or 'drop'")
     _require(0 < cfg.data.max_prompt_length < cfg.data.max_length, "data.max_prompt_length",
              "must satisfy 0 < max_prompt_length < max_length")

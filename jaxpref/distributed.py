@@ -32,7 +32,10 @@ log = logging.getLogger("jaxpref")
 ENV_COORDINATOR = "JAXPREF_COORDINATOR"
 ENV_NUM_PROCESSES = "JAXPREF_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAXPREF_PROCESS_ID"
-_GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips on Cloud TPU VMs
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+# PCI device ids of TPU chips (v4, v5p, v5e, v6e), as JAX's own TPU detection lists them;
+# other Google devices (the gVNIC network card of every GCE VM) share the vendor id.
+_TPU_PCI_DEVICES = ("0x005e", "0x0062", "0x0063", "0x006f")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,18 +69,37 @@ def explicit_spec(dcfg: Mapping[str, Any] | None, env: Mapping[str, str]) -> Pro
     if num < 1:
         raise ConfigError(f"config.distributed.num_processes: set it (or {ENV_NUM_PROCESSES}) with a coordinator")
     if not 0 <= pid < num:
-        raise ConfigError(f"config.distributed.process_id: need 0 <= process_id < {num} (or {ENV_PROCESS_ID}), got {pid}")
+        raise ConfigError(
+            f"config.distributed.process_id: need 0 <= process_id < {num} (or {ENV_PROCESS_ID}), got {pid}"
+        )
     return ProcessSpec(address, num, pid)
 
 
-def detected_cluster(env: Mapping[str, str]) -> str | None:
-    """``'slurm'`` inside a SLURM step of several tasks, ``'tpu'`` on a Cloud TPU VM, else None."""
-    if "SLURM_JOB_ID" in env and int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))) > 1:
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def has_tpu_chips(pci_root: str = "/sys/bus/pci/devices") -> bool:
+    """Whether this machine has TPU chips on its PCI bus (a Cloud TPU VM)."""
+    return any(
+        _read(os.path.join(device, "vendor")) == _GOOGLE_PCI_VENDOR
+        and _read(os.path.join(device, "device")) in _TPU_PCI_DEVICES
+        for device in glob.glob(os.path.join(pci_root, "*"))
+        if os.path.exists(os.path.join(device, "device"))
+    )
+
+
+def detected_cluster(env: Mapping[str, str], pci_root: str = "/sys/bus/pci/devices") -> str | None:
+    """``'slurm'`` inside an srun step of several tasks, ``'tpu'`` on a Cloud TPU VM, else None.
+
+    (The batch script of an sbatch job is one process even when the allocation has many
+    tasks: only ``srun`` steps set ``SLURM_STEP_NUM_TASKS``.)
+    """
+    if "SLURM_JOB_ID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         return "slurm"
-    for vendor_file in glob.glob("/sys/bus/pci/devices/*/vendor"):
-        with open(vendor_file) as f:
-            if f.read().strip() == _GOOGLE_PCI_VENDOR:
-                return "tpu"
+    if has_tpu_chips(pci_root):
+        return "tpu"
     return None
 
 

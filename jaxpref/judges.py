@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import flax.linen as nn
 import jax

@@ -70,6 +70,9 @@ def run(cfg, workdir: str) -> dict:
             batch_size=cfg.eval.batch_size, temperature=cfg.eval.temperature, top_k=cfg.eval.top_k,
             top_p=cfg.eval.top_p,
         ))
+    for example in summary.get("examples", []):  # readable samples next to the token ids
+        for key in ("prompt", "policy", "sft"):
+            example[f"{key}_text"] = policy.tokenizer.decode(example[key], skip_special_tokens=False)
     summary["wall_seconds"] = time.perf_counter() - t_start
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpref.checkpointing import Checkpointer
 from jaxpref.batches import bucket_length, default_buckets, pad_sequences
+from jaxpref.checkpointing import Checkpointer
 from jaxpref.components import make_optimizer
 from jaxpref.evaluation import sample_responses
 from jaxpref.loop import LoopStats, run_steps

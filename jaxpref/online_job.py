@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxpref.components import Policy
+from jaxpref.components import Policy, offline_pairs
 from jaxpref.evaluation import evaluate_against_sft, sample_responses, score_responses
 from jaxpref.judges import OracleJudge, RewardModelJudge, load_reward_model
 from jaxpref.online import RoundCheckpoints, Trainer
@@ -64,7 +64,7 @@ class OnlineContext:
         return self.policy.task.train_prompts(self.cfg.seed * 1000 + round_index, n)
 
     def offline_pairs(self):
-        return self.policy.task.preference_dataset(self.cfg.seed, self.cfg.data.num_pairs)
+        return offline_pairs(self.cfg, self.policy)
 
     def resume_rounds(self) -> tuple[int, Any, list]:
         """``(first round to run, policy params, history so far)``."""

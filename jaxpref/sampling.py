@@ -142,7 +142,9 @@ def generate(
     return SampleOutput(tokens, mask, logps, model_logps)
 
 
-def left_pad(prompts: Sequence[Sequence[int]], *, pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def left_pad(
+    prompts: Sequence[Sequence[int]], *, pad_id: int, length: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Left-pads token lists into ``(ids[B, P], mask[B, P])`` int32 numpy arrays."""
     length = length or max(len(p) for p in prompts)
     ids = np.full((len(prompts), length), pad_id, np.int32)

@@ -199,19 +199,6 @@ def with_shardings(abstract: PyTree, shardings: PyTree) -> PyTree:
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def put_global(tree: PyTree, shardings: PyTree) -> PyTree:
-    """Global arrays with ``shardings`` from values every process holds in full (identical).
-
-    Each device receives only its own shard of the host value.
-    """
-
-    def put(x, sharding):
-        host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    return jax.tree.map(put, tree, shardings)
-
-
 def create_sharded_train_state(
     params: PyTree,
     tx: optax.GradientTransformation,
@@ -222,12 +209,13 @@ def create_sharded_train_state(
 ) -> TrainState:
     """``create_train_state`` laid out as ``shardings`` (see ``train_state_shardings``).
 
-    ``params``: host-identical values on every process (e.g. a loaded checkpoint); they are
-    copied shard by shard, so ``params`` stays valid when the state is later donated. The
-    reference copy and the optimizer state are created directly in their sharded layout.
+    ``params``: the same values on every process (e.g. a loaded checkpoint, as host or
+    process-local arrays); each device receives only its shard (``jax.device_put``). The
+    state holds copies, so ``params`` stays valid when the state is later donated. The
+    reference and the optimizer state are created directly in their sharded layout.
     """
-    params = put_global(params, shardings.params)
-    rng = put_global(rng, shardings.rng)
+    params = jax.device_put(params, shardings.params)
+    rng = jax.device_put(rng, shardings.rng)
 
     def create(p, key):
         return create_train_state(jax.tree.map(jnp.copy, p), tx, rng=key, with_reference=with_reference)
@@ -243,10 +231,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def _check_process_rows(sharding: NamedSharding, local_rows: int) -> None:
+def _check_process_rows(batch: NamedSharding, local_rows: int) -> None:
     """Checks that this process's devices hold exactly rows ``[i * local_rows, (i + 1) * local_rows)``."""
     global_rows = local_rows * jax.process_count()
-    index_map = sharding.addressable_devices_indices_map((global_rows,))
+    index_map = batch.addressable_devices_indices_map((global_rows,))
     rows = [range(global_rows)[index[0]] for index in index_map.values()]
     held = (min(r.start for r in rows), max(r.stop for r in rows))
     want = (jax.process_index() * local_rows, (jax.process_index() + 1) * local_rows)
@@ -264,7 +252,7 @@ def global_batch(local: PyTree, mesh: Mesh) -> PyTree:
     ``BatchStream(process_index=i, process_count=P)`` yields). ``B`` must be divisible by
     ``data * fsdp``; raises ``ConfigError`` naming ``config.batch_size`` otherwise.
     """
-    sharding = batch_sharding(mesh)
+    batch = batch_sharding(mesh)
     batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
     leaves = jax.tree.leaves(local)
     if not leaves:
@@ -275,8 +263,8 @@ def global_batch(local: PyTree, mesh: Mesh) -> PyTree:
             f"config.batch_size: the global batch {local_rows * jax.process_count()} is not divisible by "
             f"data * fsdp = {batch_devices}"
         )
-    _check_process_rows(sharding, local_rows)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+    _check_process_rows(batch, local_rows)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch, np.asarray(x)), local)
 
 
 # --- Step -------------------------------------------------------------------------------------
@@ -301,10 +289,13 @@ def jit_train_step(step: Callable, state_shardings: TrainState, mesh: Mesh) -> C
 def to_host(tree: PyTree) -> PyTree:
     """Numpy copies of (possibly sharded, multi-process) global arrays, on every process.
 
-    A collective: every process must call it (e.g. before process 0 exports the params).
+    With several processes this is a collective (every process must call it, e.g. before
+    process 0 exports the params): one jitted reshard to fully replicated, then a local
+    read, so each device briefly holds a full copy of ``tree``.
     """
-    from jax.experimental import multihost_utils
-
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    return multihost_utils.process_allgather(tree, tiled=True)
+    if jax.process_count() > 1:
+        meshes = {leaf.sharding.mesh for leaf in jax.tree.leaves(tree)}
+        if len(meshes) != 1:
+            raise ValueError(f"to_host needs arrays on one mesh, got {len(meshes)}")
+        tree = jax.jit(lambda t: t, out_shardings=replicated(meshes.pop()))(tree)
+    return jax.device_get(tree)

@@ -283,7 +283,9 @@ def test_bradley_terry_matches_numpy():
 
 PAIR_LOSSES = {
     "dpo": lambda a, b, c, d: losses.dpo_loss(a, b, c, d, beta=0.1, label_smoothing=0.1),
-    "ipo": lambda a, b, c, d: losses.ipo_loss(a, b, c, d, beta=0.1, chosen_lengths=jnp.full(B, 4.0), rejected_lengths=jnp.full(B, 6.0)),
+    "ipo": lambda a, b, c, d: losses.ipo_loss(
+        a, b, c, d, beta=0.1, chosen_lengths=jnp.full(B, 4.0), rejected_lengths=jnp.full(B, 6.0)
+    ),
     "hinge": lambda a, b, c, d: losses.hinge_loss(a, b, c, d, beta=0.1),
     "kto_pair": lambda a, b, c, d: losses.kto_pair_loss(a, b, c, d, beta=0.1),
     "sppo": lambda a, b, c, d: losses.sppo_loss(a, b, c, d, jnp.linspace(0, 1, B), jnp.linspace(1, 0, B), beta=0.1),
@@ -353,5 +355,8 @@ def test_rewards_carry_no_gradient(logps):
 
 
 def test_import_losses_does_not_import_flax_or_datasets():
-    code = "import sys, jaxpref.losses; assert 'flax' not in sys.modules, 'flax'; assert 'datasets' not in sys.modules, 'datasets'"
+    code = (
+        "import sys, jaxpref.losses; "
+        "assert 'flax' not in sys.modules, 'flax'; assert 'datasets' not in sys.modules, 'datasets'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -106,3 +106,43 @@ def test_cli_overrides_and_typo_rejection(tmp_path, cache_dir):
     assert summary["method"] == "slic" and summary["steps"] == 2
     typo = subprocess.run(base + ["--config.bta=0.1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert typo.returncode != 0 and "bta" in typo.stderr
+
+
+def _word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", "<unk>"] + "good bad movie was very the a film great awful plot fine".split()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+@pytest.mark.parametrize("config,rows", [
+    ("dpo", [{"prompt": "the movie was", "chosen": "very good", "rejected": "bad"},
+             {"prompt": "the plot was", "chosen": "great", "rejected": "awful plot"}]),
+    ("kto", [{"prompt": "the movie was", "completion": "very good", "label": True},
+             {"prompt": "the plot was", "completion": "awful", "label": False}]),
+])
+def test_job_on_own_hf_checkpoint_and_local_dataset(tmp_path, config, rows):
+    from jaxpref.models import init_model, save_pretrained
+
+    ckpt = tmp_path / "ckpt"
+    model, params = init_model(dict(vocab_size=16, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
+                                    num_kv_heads=2, tie_word_embeddings=True, eos_token_id=2, bos_token_id=1,
+                                    pad_token_id=0), seed=0)
+    save_pretrained(model, params, str(ckpt))
+    _word_tokenizer().save_pretrained(str(ckpt))
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows * 40) + "\n")
+    cfg = load_config(config)
+    cfg.model.name, cfg.model.path = "hf", str(ckpt)
+    cfg.data.source, cfg.data.max_length, cfg.data.max_prompt_length = str(data), 16, 8
+    cfg.batch_size, cfg.num_steps, cfg.log_every = 8, 4, 2
+    cfg.export_dir = str(tmp_path / "export")
+    summary = run(cfg, str(tmp_path / "run"))
+    assert summary["steps"] == 4 and summary["data"]["kept"] == 80
+    if config == "dpo":
+        assert 0.0 <= summary["held_out_reward_accuracy"] <= 1.0
+    assert load_pretrained(str(tmp_path / "export"))[0].config.vocab_size == 16

@@ -7,13 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_main import load_config, toy
 
 from jaxpref.main import run
 from jaxpref.methods.active import pair_certainty, predictive_entropy, select_hybrid, select_random
 from jaxpref.methods.rso import first_round_pairs, statistical_rejection_sampling, tournament_pairs
 from jaxpref.methods.sppo import preference_matrix, win_rate_estimates
-from test_main import load_config, toy
-
 
 # --- RSO ----------------------------------------------------------------------------------
 

@@ -75,10 +75,11 @@ def test_prompt_pool_and_split(task):
     texts = all_prompts()
     assert len(texts) == len(set(texts)) == 700
     assert "The movie was" in texts and "My experience at the hotel" in texts
-    train, held_out = task.split(0)
+    train, held_out = task.split()
     assert not set(train) & set(held_out) and sorted(train + held_out) == list(range(len(texts)))
     assert len(held_out) == 140
-    assert task.split(0) == task.split(0) and task.split(1) != task.split(0)
+    other = SentimentTask(task.tokenizer, split_seed=1)
+    assert other.split() != task.split() and SentimentTask(task.tokenizer).split() == task.split()
 
     key = tuple
     train_ids = {key(_ids(task, texts[i])) for i in train}
@@ -90,6 +91,8 @@ def test_prompt_pool_and_split(task):
     evals = task.eval_prompts(0, 50)
     assert len({key(p) for p in evals}) == 50 and {key(p) for p in evals} <= eval_ids
     assert task.train_prompts(0, 20) == many_train[:20] and task.eval_prompts(0, 50) == evals
+    assert task.train_prompts(1, 20) != many_train[:20]
+    assert {key(p) for p in task.train_prompts(7, 600)} <= train_ids  # any seed: still the train split
     assert task.max_length == task.max_prompt_tokens + task.max_new_tokens
     assert task.max_prompt_tokens == max(len(p) for p in many_train + task.eval_prompts(0, 140))
 

@@ -1,8 +1,8 @@
 """Meshes, logical-axis rules, sharded train state and the sharded DPO step.
 
 The rule and shape logic runs here on abstract meshes (no devices). The sharded runs need 8
-fake CPU devices, which must exist before JAX starts, so ``sharding_driver.py meshes`` runs
-them in a subprocess while this process computes the single-device reference.
+fake CPU devices, which must exist before JAX starts, so ``sharding_driver.py`` runs them,
+and their single-device references, in two subprocesses.
 """
 
 import functools
@@ -136,59 +136,67 @@ def test_train_state_shardings_optimizer_state_follows_params():
 
 
 @pytest.fixture(scope="module")
-def meshes(tmp_path_factory):
-    """``(results of sharding_driver meshes, single-device reference)``."""
+def meshes(tmp_path_factory) -> dict:
+    """The merged results of ``sharding_driver.py reference_meshes`` and ``tensor_mesh``.
+
+    The two run side by side: XLA compiles on one core, so two processes use both.
+    """
     out = tmp_path_factory.mktemp("meshes")
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count=8 {driver.FAST_COMPILE_FLAGS}"}
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "sharding_driver.py"), "meshes", f"--out={out}"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    reference = driver.single_device_run()  # computed here while the subprocess compiles
-    log, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, log[-4000:]
-    with open(out / "results.json") as f:
-        return json.load(f), reference
+    commands = ("reference_meshes", "tensor_mesh")
+    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "sharding_driver.py"), command, f"--out={out}"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for command in commands]
+    results: dict = {"losses": {}, "compiles": {}}
+    for command, proc in zip(commands, procs):
+        log, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, f"{command}:\n{log[-4000:]}"
+        with open(out / f"{command}.json") as f:
+            part = json.load(f)
+        for key in ("losses", "compiles"):
+            results[key].update(part.pop(key))
+        results.update(part)
+    return results
 
 
-@pytest.mark.parametrize("mesh", [",".join(map(str, m)) for m in driver.MESHES])
+@pytest.mark.parametrize("mesh", ["8,1,1", "2,4,1", "1,4,2"])
 def test_dpo_losses_on_mesh_match_single_device(meshes, mesh):
-    results, reference = meshes
-    np.testing.assert_allclose(results["losses"][mesh], reference["losses"], atol=1e-5, rtol=0)
-    assert results["compiles"][mesh] == 1  # no recompilation after the first step
+    np.testing.assert_allclose(meshes["losses"][mesh], meshes["losses"]["single"], atol=1e-5, rtol=0)
+    assert meshes["compiles"][mesh] == 1  # no recompilation after the first step
 
 
 def test_params_after_sharded_steps_match_single_device(meshes):
-    results, reference = meshes
-    assert results["params"].keys() == reference["params"].keys()
-    for key, want in reference["params"].items():
-        np.testing.assert_allclose(results["params"][key], want, atol=1e-5, rtol=0, err_msg=key)
+    reference = meshes["reference_params"]
+    assert meshes["params"].keys() == reference.keys()
+    for key, want in reference.items():
+        np.testing.assert_allclose(meshes["params"][key], want, atol=driver.PARAM_ATOL, rtol=0, err_msg=key)
 
 
 def test_state_layout_follows_fsdp_tensor_rules(meshes):
-    specs = meshes[0]["state_specs"]  # on mesh (1, 4, 2)
+    specs = meshes["state_specs"]  # on mesh (1, 4, 2)
     q = "['layers']['attn']['q']['kernel']"
     assert specs[f".params{q}"] == [None, "fsdp", "tensor", None]
     assert specs[f".ref_params{q}"] == specs[f".params{q}"]
     assert specs[f".opt_state[0].mu{q}"] == specs[f".opt_state[0].nu{q}"] == specs[f".params{q}"]
     assert specs[".params['embed']['embedding']"] == ["tensor", "fsdp"]
+    assert specs[".params['lm_head']['kernel']"] == ["fsdp", "tensor"]
     assert specs[".step"] == specs[".rng"] == specs[".opt_state[0].count"] == []
 
 
 def test_checkpoint_saved_on_one_mesh_restores_on_another(meshes):
-    ckpt = meshes[0]["checkpoint"]
+    ckpt = meshes["checkpoint"]
     assert ckpt["saved_mesh"] == [1, 4, 2]
     assert ckpt["values_equal"] and ckpt["shardings_match"]
 
 
 def test_sampler_runs_unchanged_on_sharded_params_and_prompts(meshes):
-    samples = meshes[0]["samples"]
-    want = driver.greedy_samples()
-    np.testing.assert_array_equal(samples["tokens"], want.tokens)
-    np.testing.assert_allclose(samples["model_logps"], want.model_logps, atol=1e-5)
-    assert samples["tokens_spec"][0] in ("fsdp", ["data", "fsdp"])  # outputs stay batch-sharded
+    samples = meshes["samples"]
+    np.testing.assert_array_equal(samples["tokens"], samples["single_tokens"])
+    np.testing.assert_allclose(samples["model_logps"], samples["single_model_logps"], atol=1e-5)
+    assert samples["tokens_spec"][0] in ("fsdp", ["data", "fsdp"])  # outputs stay split over the batch
 
 
 def test_mesh_fill_and_batch_divisibility_error(meshes):
-    results = meshes[0]
-    assert results["filled_mesh"] == dict(data=2, fsdp=2, tensor=2)
-    assert results["batch_error"] == "config.batch_size: the global batch 6 is not divisible by data * fsdp = 4"
+    assert meshes["filled_mesh"] == dict(data=2, fsdp=2, tensor=2)
+    assert meshes["batch_error"] == "config.batch_size: the global batch 6 is not divisible by data * fsdp = 4"

@@ -129,10 +129,11 @@ def gguf_config(reader: Any) -> ModelConfig:
     head_dim = int(_field(reader, f"{arch}.attention.key_length", hidden // num_heads))
     if int(_field(reader, f"{arch}.rope.dimension_count", head_dim)) != head_dim:
         raise ValueError("partial RoPE (rope.dimension_count != head dim) is not supported")
-    tokens = _field(reader, "tokenizer.ggml.tokens", None)
     vocab_size = _field(reader, f"{arch}.vocab_size", None)
+    if vocab_size is None:  # older files: the tokenizer's size
+        vocab_size = len(_field(reader, "tokenizer.ggml.tokens"))
     return ModelConfig(
-        vocab_size=int(vocab_size if vocab_size is not None else len(tokens)),
+        vocab_size=int(vocab_size),
         hidden_size=hidden,
         intermediate_size=int(_field(reader, f"{arch}.feed_forward_length")),
         num_layers=int(_field(reader, f"{arch}.block_count")),

@@ -16,8 +16,9 @@ pretraining data has no BOS either, so ids are ``tokenizer(text, add_special_tok
 Raw continuations rarely emit EOS, so responses usually end at ``max_new_tokens``.
 
 The prompt pool (``all_prompts``) is templates x subjects, deterministic and de-duplicated;
-a seed shuffles it and splits off ``eval_fraction`` as held-out prompts, so for one seed the
-train and eval prompts are disjoint.
+``split_seed`` shuffles it once and splits off ``eval_fraction`` as held-out prompts. The seed
+passed to ``train_prompts`` / ``eval_prompts`` only picks the draw order, so training prompts
+never overlap held-out ones, whatever seeds a job uses (e.g. one per online round).
 """
 
 from __future__ import annotations
@@ -105,13 +106,20 @@ class SentimentTask:
       max_new_tokens: response budget (tokens) for sampling.
       bt_temperature: Bradley-Terry temperature on the VADER reward difference.
       eval_fraction: share of the prompt pool held out for evaluation.
+      split_seed: seed of the train / held-out split of the pool.
 
     Attributes mirror ``EchoTask`` where the training job reads them: ``max_new_tokens``,
     ``pad_id``, ``eos_id``, ``max_prompt_tokens``, ``max_length`` (prompt + response).
     """
 
     def __init__(
-        self, tokenizer: Any, *, max_new_tokens: int = 24, bt_temperature: float = 0.1, eval_fraction: float = 0.2
+        self,
+        tokenizer: Any,
+        *,
+        max_new_tokens: int = 24,
+        bt_temperature: float = 0.1,
+        eval_fraction: float = 0.2,
+        split_seed: int = 0,
     ):
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
@@ -121,6 +129,7 @@ class SentimentTask:
         self.max_new_tokens = max_new_tokens
         self.bt_temperature = bt_temperature
         self.eval_fraction = eval_fraction
+        self.split_seed = split_seed
         self.eos_id = int(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id
         self.pad_id = int(self.eos_id if pad is None else pad)
@@ -132,23 +141,20 @@ class SentimentTask:
 
     # --- prompts ---------------------------------------------------------------------------
 
-    def split(self, seed: int) -> tuple[list[int], list[int]]:
-        """``(train, eval)`` indices into the prompt pool for ``seed`` (disjoint, covering it)."""
-        order = np.random.default_rng([seed, 0]).permutation(len(self._texts))
+    def split(self) -> tuple[list[int], list[int]]:
+        """``(train, eval)`` indices into the prompt pool (disjoint, covering it)."""
+        order = np.random.default_rng([self.split_seed, 0]).permutation(len(self._texts))
         n_eval = max(1, round(self.eval_fraction * len(order)))
         return sorted(order[n_eval:].tolist()), sorted(order[:n_eval].tolist())
 
-    def prompt_text(self, prompt: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(prompt), skip_special_tokens=True)
-
     def train_prompts(self, seed: int, n: int) -> list[list[int]]:
         """``n`` training prompts (token ids), repeating the train split only when ``n`` exceeds it."""
-        train, _ = self.split(seed)
+        train, _ = self.split()
         return _draw([self._ids[i] for i in train], np.random.default_rng([seed, 1]), n)
 
     def eval_prompts(self, seed: int, n: int) -> list[list[int]]:
-        """``n`` held-out prompts (token ids), disjoint from ``train_prompts(seed, .)``."""
-        _, held_out = self.split(seed)
+        """``n`` held-out prompts (token ids), never among the training prompts."""
+        _, held_out = self.split()
         return _draw([self._ids[i] for i in held_out], np.random.default_rng([seed, 3]), n)
 
     # --- the oracle ------------------------------------------------------------------------
