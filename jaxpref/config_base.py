@@ -109,6 +109,19 @@ def get_base_config() -> ml_collections.ConfigDict:
     )
     c.judge = ml_collections.ConfigDict(dict(kind="oracle", path=""))
     c.export_dir = ""  # if set, the trained policy is written there in HF format
+
+    # Device mesh (jaxpref.sharding): sizes of the data / fsdp / tensor axes, one may be -1 (the
+    # remaining devices). rules: a preset of jaxpref.sharding.RULE_PRESETS (fsdp | tensor |
+    # fsdp_tensor) or a list of (logical_axis, mesh_axis or None) pairs.
+    c.mesh = ml_collections.ConfigDict(
+        dict(data=-1, fsdp=1, tensor=1, rules=ml_collections.FieldReference("fsdp_tensor", field_type=object))
+    )
+    # Multi-process jobs (jaxpref.distributed). ""/0/-1: from the JAXPREF_COORDINATOR /
+    # JAXPREF_NUM_PROCESSES / JAXPREF_PROCESS_ID env vars (launch/local.sh), else auto-detected on
+    # Cloud TPU and SLURM (auto_detect), else a single process.
+    c.distributed = ml_collections.ConfigDict(
+        dict(coordinator_address="", num_processes=0, process_id=-1, auto_detect=True)
+    )
     return c
 
 

@@ -43,6 +43,14 @@ def validate_config(cfg) -> None:
     _require(cfg.eval.temperature >= 0, "eval.temperature", "must be >= 0")
     _require(0 < cfg.eval.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     _require(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
+    if "mesh" in cfg:
+        import jax
+
+        from jaxpref.sharding import mesh_shape
+
+        data, fsdp, _ = mesh_shape(cfg.mesh, jax.device_count())
+        _require(cfg.batch_size % (data * fsdp) == 0, "batch_size",
+                 f"{cfg.batch_size} is not divisible by mesh data*fsdp = {data * fsdp}")
     if cfg.model.name == "tiny":
         m = cfg.model
         _require(m.hidden_size % m.num_heads == 0, "model.num_heads", "must divide model.hidden_size")

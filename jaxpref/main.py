@@ -15,12 +15,11 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxpref import components, evaluation
+from jaxpref import components, distributed, evaluation, sharding
 from jaxpref.checkpointing import Checkpointer
 from jaxpref.config_checks import validate_config
 from jaxpref.data import BatchStream
@@ -46,20 +45,27 @@ def loss_hparams(cfg) -> LossHParams:
 
 def run(cfg, workdir: str) -> dict:
     """Trains, evaluates and writes ``summary.json``; returns the summary."""
+    distributed.initialize(cfg)  # before anything touches devices; a no-op for one process
     t_start = time.perf_counter()
     # --- Config ---------------------------------------------------------------------------
     validate_config(cfg)
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(cfg.to_json_best_effort(indent=2))
+    if distributed.is_main_process():
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(cfg.to_json_best_effort(indent=2))
     job = JOBS.get(cfg.job)
     if job is None:
         raise ValueError(f"config.job: unknown job {cfg.job!r}; known: {sorted(JOBS)}")
 
+    # --- Mesh -------------------------------------------------------------------------------
+    mesh = sharding.make_mesh(cfg.mesh)
+    rules = sharding.resolve_rules(cfg.mesh.rules)
+    log.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(), jax.process_count())
+
     # --- Policy -----------------------------------------------------------------------------
     policy = components.resolve_policy(cfg)
 
-    summary, final_params = job(cfg, workdir, policy)
+    summary, final_params = job(cfg, workdir, policy, mesh, rules)
 
     # --- Eval and outputs -------------------------------------------------------------------
     if policy.task is not None and cfg.job != "reward_model":
@@ -74,20 +80,21 @@ def run(cfg, workdir: str) -> dict:
         for key in ("prompt", "policy", "sft"):
             example[f"{key}_text"] = policy.tokenizer.decode(example[key], skip_special_tokens=False)
     summary["wall_seconds"] = time.perf_counter() - t_start
-    if jax.process_index() == 0:
+    export_params = sharding.to_host(final_params) if cfg.export_dir else None  # a collective: every process
+    if distributed.is_main_process():
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         plot_training_curves(workdir)
         if cfg.export_dir:
             from jaxpref.models import save_pretrained
 
-            save_pretrained(policy.model, final_params, cfg.export_dir)
+            save_pretrained(policy.model, export_params, cfg.export_dir)
             policy.tokenizer.save_pretrained(cfg.export_dir)
     log.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k not in ("examples", "extra")}))
     return summary
 
 
-def run_offline(cfg, workdir: str, policy: components.Policy) -> tuple[dict, object]:
+def run_offline(cfg, workdir: str, policy: components.Policy, mesh, rules) -> tuple[dict, object]:
     """DPO-family and trust-region training on a fixed preference dataset."""
     objective = get_objective(cfg.loss)
     frozen_ref = cfg.ref_update_every == 0
@@ -106,14 +113,17 @@ def run_offline(cfg, workdir: str, policy: components.Policy) -> tuple[dict, obj
 
     # --- Step -------------------------------------------------------------------------------
     tx = components.make_optimizer(cfg.optimizer, cfg.num_steps)
-    step_fn = jax.jit(
+    keep_reference = objective.needs_reference and not use_precomputed
+    rng = jax.random.PRNGKey(cfg.seed)
+    abstract = jax.eval_shape(lambda p: create_train_state(p, tx, rng=rng, with_reference=keep_reference), sft_params)
+    shardings = sharding.train_state_shardings(abstract, tx, mesh, rules)
+    step_fn = sharding.jit_train_step(
         make_train_step(model, objective, loss_hparams(cfg), tx, ref_update_every=cfg.ref_update_every,
                         ref_update_alpha=cfg.ref_update_alpha),
-        donate_argnums=0,
+        shardings, mesh,
     )
-    keep_reference = objective.needs_reference and not use_precomputed
-    state = create_train_state(jax.tree.map(jnp.copy, sft_params), tx, rng=jax.random.PRNGKey(cfg.seed),
-                               with_reference=keep_reference)
+    state = sharding.create_sharded_train_state(sft_params, tx, shardings, rng=rng, with_reference=keep_reference)
+    sft_params = jax.device_put(sft_params, shardings.params)  # on the mesh, for the held-out eval
 
     # --- Checkpoint -------------------------------------------------------------------------
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
@@ -129,7 +139,7 @@ def run_offline(cfg, workdir: str, policy: components.Policy) -> tuple[dict, obj
         if ref_table is not None:
             idx = stream.global_indices(step).reshape(stream.process_count, -1)[stream.process_index]
             extras = {**extras, **{f"ref_{k}": v[idx] for k, v in ref_table.items()}}
-        return groups, extras
+        return sharding.global_batch(groups, mesh), sharding.global_batch(extras, mesh)
 
     logger = MetricsLogger(workdir)
     state, stats = run_steps(step_fn, state, batch_at, start=start_step, stop=cfg.num_steps, logger=logger,
@@ -156,8 +166,9 @@ def run_offline(cfg, workdir: str, policy: components.Policy) -> tuple[dict, obj
     return summary, state.params
 
 
-def run_online(cfg, workdir: str, policy: components.Policy) -> tuple[dict, object]:
-    """RSO, SPPO, SELM or active DPO: rounds of sampling, judging and training."""
+def run_online(cfg, workdir: str, policy: components.Policy, mesh, rules) -> tuple[dict, object]:
+    """RSO, SPPO, SELM or active DPO: rounds of sampling, judging and training (on the default
+    device: the online trainers do not use the mesh yet)."""
     from jaxpref import online, online_job
     from jaxpref.methods import active, rso, selm, sppo
 
@@ -180,7 +191,7 @@ def run_online(cfg, workdir: str, policy: components.Policy) -> tuple[dict, obje
     return summary, result["params"]
 
 
-def run_reward_model(cfg, workdir: str, policy: components.Policy) -> tuple[dict, object]:
+def run_reward_model(cfg, workdir: str, policy: components.Policy, mesh, rules) -> tuple[dict, object]:
     from jaxpref.methods import reward_model
 
     return reward_model.run(cfg, workdir, policy), policy.params

@@ -21,7 +21,8 @@ from jaxpref.online import RoundCheckpoints, Trainer
 
 
 def make_judge(cfg, policy: Policy):
-    """The judge named by ``config.judge.kind``: ``oracle`` or ``reward_model`` (``judge.path``)."""
+    """The judge named by ``config.judge.kind``: ``oracle``, ``reward_model`` (``judge.path``) or
+    ``intransitive`` (``jaxpref.tasks.intransitive``)."""
     if cfg.judge.kind == "oracle":
         if policy.task is None:
             raise ValueError("config.judge.kind: 'oracle' needs a built-in task")
@@ -31,7 +32,14 @@ def make_judge(cfg, policy: Policy):
             raise ValueError("config.judge.path: set the folder written by configs/reward_model.py")
         model, params = load_reward_model(cfg.judge.path)
         return RewardModelJudge(model, params, pad_id=policy.pad_id)
-    raise ValueError(f"config.judge.kind: unknown {cfg.judge.kind!r}; known: oracle, reward_model")
+    if cfg.judge.kind == "intransitive":  # pairwise-only style cycle (optional judge.cycle_prob)
+        from jaxpref.tasks.intransitive import DEFAULT_CYCLE_PROB, IntransitiveJudge
+        from jaxpref.tasks.synthetic import EchoTask
+
+        if not isinstance(policy.task, EchoTask):
+            raise ValueError("config.judge.kind: 'intransitive' needs the built-in echo task")
+        return IntransitiveJudge(policy.task, cycle_prob=cfg.judge.get("cycle_prob", DEFAULT_CYCLE_PROB))
+    raise ValueError(f"config.judge.kind: unknown {cfg.judge.kind!r}; known: oracle, reward_model, intransitive")
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 
 import jax
@@ -89,7 +90,12 @@ def load_or_train_sft(task: EchoTask, model_cfg, sft_cfg, seed: int, *, dtype=jn
     tmp = path + f".tmp{os.getpid()}"
     save_pretrained(model, params, tmp)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    os.replace(tmp, path)  # atomic: a half-written cache entry is never picked up
+    try:
+        os.replace(tmp, path)  # atomic: a half-written cache entry is never picked up
+    except OSError:  # another process (multi-host job) cached the same policy first
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return model, params, {
         "sft_cache": path, "sft_cached": False, "sft_seconds": time.perf_counter() - t0, "sft_final_loss": final_loss,
     }

@@ -3,15 +3,13 @@
 The fake CPU devices must be set before JAX starts, so the sharded runs happen in
 subprocesses (the pytest process has one device):
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding_driver.py reference_meshes --out=DIR
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding_driver.py tensor_mesh --out=DIR
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding_driver.py meshes --out=DIR
     XLA_FLAGS=--xla_force_host_platform_device_count=2 PYTHONPATH=tests \\
         launch/local.sh --module sharding_driver 2 multihost --out=DIR --mesh=1,2,2
 
 Each writes ``DIR/<command>.json`` (the multi-process run from process 0, plus
-``DIR/params.npz`` and an orbax checkpoint in ``DIR/checkpoints``); the first two run side
-by side (compiles are the cost, one core each). ``single_device_run`` is the unsharded
-one-process reference the tests compare against.
+``DIR/params.npz`` and an orbax checkpoint in ``DIR/checkpoints``). ``single_device_run``
+is the unsharded one-process reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -142,7 +140,7 @@ def check_restore_on_other_mesh(state: TrainState, saved_on: tuple[int, ...], ou
             "saved_mesh": meta["mesh"]}
 
 
-def cmd_reference_meshes(out: str) -> dict:
+def reference_and_data_meshes() -> dict:
     """The single-device reference, then the (8, 1, 1) and (2, 4, 1) meshes."""
     reference = single_device_run()
     results: dict = {"losses": {"single": reference["losses"]}, "compiles": {},
@@ -154,7 +152,7 @@ def cmd_reference_meshes(out: str) -> dict:
     return results
 
 
-def cmd_tensor_mesh(out: str) -> dict:
+def tensor_mesh(out: str) -> dict:
     """The (1, 4, 2) mesh: DPO steps, state layout, checkpoint to (2, 4, 1), sharded sampling."""
     shape = (1, 4, 2)
     mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape)))
@@ -181,6 +179,16 @@ def cmd_tensor_mesh(out: str) -> dict:
     return results
 
 
+def cmd_meshes(out: str) -> dict:
+    """Every check that needs 8 devices, in one process (a second process costs more CPU than
+    it saves: each pays the imports and the init compile)."""
+    results = reference_and_data_meshes()
+    tensor = tensor_mesh(out)
+    for key in ("losses", "compiles"):
+        results[key].update(tensor.pop(key))
+    return {**results, **tensor}
+
+
 def cmd_multihost(out: str, mesh_axes: dict[str, int]) -> dict:
     """The sharded run as one process of a job; every process must call it."""
     distributed.initialize()
@@ -202,20 +210,17 @@ def cmd_multihost(out: str, mesh_axes: dict[str, int]) -> dict:
     return results
 
 
-COMMANDS = {"reference_meshes": cmd_reference_meshes, "tensor_mesh": cmd_tensor_mesh}
-
-
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=[*COMMANDS, "multihost"])
+    parser.add_argument("command", choices=("meshes", "multihost"))
     parser.add_argument("--out", required=True)
     parser.add_argument("--mesh", default="1,-1,1", help="multihost: data,fsdp,tensor sizes")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    if args.command == "multihost":
-        results = cmd_multihost(args.out, dict(zip(sharding.MESH_AXES, map(int, args.mesh.split(",")))))
+    if args.command == "meshes":
+        results = cmd_meshes(args.out)
     else:
-        results = COMMANDS[args.command](args.out)
+        results = cmd_multihost(args.out, dict(zip(sharding.MESH_AXES, map(int, args.mesh.split(",")))))
     if distributed.is_main_process():
         with open(os.path.join(args.out, f"{args.command}.json"), "w") as f:
             json.dump(results, f)

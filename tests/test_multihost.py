@@ -46,7 +46,7 @@ def two_processes(tmp_path_factory):
     log, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, log[-4000:]
     assert "[0] " in log and "[1] " in log  # both processes' lines, prefixed
-    with open(out / "results.json") as f:
+    with open(out / "multihost.json") as f:
         return out, json.load(f), reference
 
 

@@ -1,8 +1,8 @@
 """Meshes, logical-axis rules, sharded train state and the sharded DPO step.
 
 The rule and shape logic runs here on abstract meshes (no devices). The sharded runs need 8
-fake CPU devices, which must exist before JAX starts, so ``sharding_driver.py`` runs them,
-and their single-device references, in two subprocesses.
+fake CPU devices, which must exist before JAX starts, so ``sharding_driver.py meshes`` runs
+them, and their single-device references, in a subprocess.
 """
 
 import functools
@@ -137,27 +137,15 @@ def test_train_state_shardings_optimizer_state_follows_params():
 
 @pytest.fixture(scope="module")
 def meshes(tmp_path_factory) -> dict:
-    """The merged results of ``sharding_driver.py reference_meshes`` and ``tensor_mesh``.
-
-    The two run side by side: XLA compiles on one core, so two processes use both.
-    """
+    """The results of ``sharding_driver.py meshes`` (sharded runs and single-device references)."""
     out = tmp_path_factory.mktemp("meshes")
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count=8 {driver.FAST_COMPILE_FLAGS}"}
-    commands = ("reference_meshes", "tensor_mesh")
-    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "sharding_driver.py"), command, f"--out={out}"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for command in commands]
-    results: dict = {"losses": {}, "compiles": {}}
-    for command, proc in zip(commands, procs):
-        log, _ = proc.communicate(timeout=900)
-        assert proc.returncode == 0, f"{command}:\n{log[-4000:]}"
-        with open(out / f"{command}.json") as f:
-            part = json.load(f)
-        for key in ("losses", "compiles"):
-            results[key].update(part.pop(key))
-        results.update(part)
-    return results
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "sharding_driver.py"), "meshes", f"--out={out}"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    with open(out / "meshes.json") as f:
+        return json.load(f)
 
 
 @pytest.mark.parametrize("mesh", ["8,1,1", "2,4,1", "1,4,2"])
