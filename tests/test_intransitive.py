@@ -8,7 +8,7 @@ import pytest
 from jaxpref.config_base import get_base_config
 from jaxpref.judges import OracleJudge
 from jaxpref.online_job import make_judge
-from jaxpref.tasks.intransitive import NO_STYLE, IntransitiveJudge, cycle_outcome, response_style
+from jaxpref.tasks.intransitive import DEFAULT_CYCLE_PROB, NO_STYLE, IntransitiveJudge, cycle_outcome, response_style
 from jaxpref.tasks.synthetic import BOS, EOS, NUM_SPECIAL, SEP, EchoTask
 
 TASK = EchoTask()  # 24 words: blocks A = ids 4..11, B = 12..19, C = 20..27
@@ -66,8 +66,8 @@ def test_make_judge_builds_it_from_the_config():
     cfg = get_base_config()
     cfg.judge.kind = "intransitive"
     judge = make_judge(cfg, types.SimpleNamespace(task=TASK))
-    assert isinstance(judge, IntransitiveJudge) and judge.cycle_prob == 0.8
-    cfg.judge.cycle_prob = 0.5
-    assert make_judge(cfg, types.SimpleNamespace(task=TASK)).cycle_prob == 0.5
+    assert isinstance(judge, IntransitiveJudge) and judge.cycle_prob == DEFAULT_CYCLE_PROB
+    cfg.judge.cycle_prob = 0.25
+    assert make_judge(cfg, types.SimpleNamespace(task=TASK)).cycle_prob == 0.25
     with pytest.raises(ValueError, match="echo task"):
         make_judge(cfg, types.SimpleNamespace(task=None))

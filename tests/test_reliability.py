@@ -18,7 +18,7 @@ from jaxpref.loop import NonFiniteError
 from jaxpref.main import run
 from jaxpref.models import load_pretrained
 
-STEPS = 40
+STEPS = 24
 
 
 def job_cmd(workdir, cache_dir, export_dir, *extra):

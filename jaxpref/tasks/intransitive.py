@@ -28,7 +28,7 @@ from jaxpref.tasks.synthetic import NUM_SPECIAL, EchoTask, response_words
 
 TokenLists = Sequence[Sequence[int]]
 NO_STYLE = -1
-DEFAULT_CYCLE_PROB = 0.8
+DEFAULT_CYCLE_PROB = 0.5
 
 
 def response_style(response: Sequence[int], num_words: int) -> int:
