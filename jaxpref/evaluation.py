@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from jaxpref.batches import PairExample, bucket_length, collate_pairs, default_buckets, pad_sequences
 from jaxpref.losses import sequence_logps
@@ -25,9 +26,9 @@ RewardFn = Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]]], np.ndarr
 
 def sample_responses(
     model, params, prompts: Sequence[Sequence[int]], rng, *, eos_id: int, pad_id: int, max_new_tokens: int,
-    batch_size: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+    batch_size: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, desc: str = "sampling",
 ) -> tuple[list[list[int]], np.ndarray]:
-    """Samples one response per prompt.
+    """Samples one response per prompt (a progress bar named ``desc`` when there are several batches).
 
     Returns ``(responses, model_logps[N])``: token lists through EOS and the summed log-prob of
     each response under the model's own distribution. Batches are padded to ``batch_size``
@@ -35,7 +36,10 @@ def sample_responses(
     """
     prompt_len = max(len(p) for p in prompts)
     responses, logps = [], []
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    bar = tqdm(starts, desc=desc, unit="batch", mininterval=5.0,
+               disable=len(starts) < 4 or jax.process_index() != 0)
+    for start in bar:
         chunk = list(prompts[start : start + batch_size])
         n_real = len(chunk)
         chunk += [chunk[-1]] * (batch_size - n_real)

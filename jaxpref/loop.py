@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxpref.checkpointing import Checkpointer
+from jaxpref.host_memory import CompileAhead
 from jaxpref.metrics_log import MetricsLogger
 
 log = logging.getLogger("jaxpref")
@@ -101,8 +102,11 @@ def run_steps(
     gradient leave the state unchanged (the step function does that); they are counted, and
     ``NonFiniteError`` is raised at the next log point when ``on_nonfinite="stop"`` or when
     every step since the last log point was skipped — before any checkpoint of those steps,
-    so the last good checkpoint stays the latest.
+    so the last good checkpoint stays the latest. A jitted ``step_fn`` is compiled ahead of
+    its first run per batch shape (``jaxpref.host_memory.CompileAhead``).
     """
+    if hasattr(step_fn, "lower"):
+        step_fn = CompileAhead(step_fn)
     stats = LoopStats()
     bar = tqdm(range(start, stop), initial=start, total=stop, desc=desc, mininterval=2.0,
                disable=jax.process_index() != 0)

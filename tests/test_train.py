@@ -200,3 +200,25 @@ def test_echo_task_oracle_hand_checked():
     r_c = TASK.rewards([e.prompt for e in pairs], [e.chosen for e in pairs])
     r_r = TASK.rewards([e.prompt for e in pairs], [e.rejected for e in pairs])
     assert np.mean(r_c > r_r) > 0.7  # BT labels agree with the oracle most of the time
+
+
+def test_compile_ahead_matches_jit_and_reuses_executables():
+    from jaxpref.host_memory import CompileAhead, release_free_heap
+
+    calls = []
+
+    def step(state, x, extras):
+        calls.append(x.shape)  # traced once per new signature
+        return state + x.sum() * extras["w"], {"loss": x.mean()}
+
+    jitted = jax.jit(step, donate_argnums=0)
+    wrapped = CompileAhead(jitted)
+    x4, x8 = jnp.arange(4.0), jnp.arange(8.0)
+    s1, m1 = wrapped(jnp.float32(1.0), x4, {"w": jnp.float32(2.0)})
+    assert float(s1) == 1.0 + 12.0 and float(m1["loss"]) == 1.5
+    s2, _ = wrapped(s1, x4 + 1, {"w": jnp.float32(2.0)})  # s1 is donated
+    assert float(s2) == 13.0 + 20.0
+    s3, _ = wrapped(s2, x8, {"w": jnp.float32(2.0)})
+    assert float(s3) == 33.0 + 56.0
+    assert calls == [(4,), (8,)] and len(wrapped._executables) == 2
+    assert isinstance(release_free_heap(), bool)
