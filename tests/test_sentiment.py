@@ -128,6 +128,30 @@ def test_make_preference_pairs_labels_by_reward(tiny_policy):
     assert strict == [p for p, gap in zip(pairs, gaps) if gap >= 0.05]
 
 
+def test_best_worst_pairing_takes_each_prompts_extremes(tiny_policy):
+    model, params = tiny_policy
+    task = SentimentTask(_word_tokenizer(), max_new_tokens=6, bt_temperature=1e-6)
+    prompts = task.train_prompts(0, 8)
+    pairs = make_preference_pairs(task, model, params, prompts, jax.random.key(0), num_samples=4, batch_size=8,
+                                  pairing="best_worst")
+    # The same samples (same key): recompute every prompt's 4 rewards independently.
+    from jaxpref.evaluation import sample_responses
+
+    sample_key, _ = jax.random.split(jax.random.key(0))
+    repeated = [list(p) for p in prompts for _ in range(4)]
+    responses, _ = sample_responses(model, params, repeated, sample_key, eos_id=task.eos_id, pad_id=task.pad_id,
+                                    max_new_tokens=task.max_new_tokens, batch_size=8)
+    rewards = np.asarray(task.rewards(repeated, responses)).reshape(8, 4)
+    assert 0 < len(pairs) <= 8
+    assert len({tuple(p.prompt) for p in pairs}) == len(pairs)  # one pair per prompt
+    for pair in pairs:
+        row = next(i for i, p in enumerate(prompts) if list(p) == list(pair.prompt))
+        r_chosen, r_rejected = task.rewards([pair.prompt] * 2, [pair.chosen, pair.rejected])
+        assert r_chosen == pytest.approx(rewards[row].max()) and r_rejected == pytest.approx(rewards[row].min())
+    with pytest.raises(ValueError, match="pairing"):
+        make_preference_pairs(task, model, params, prompts, jax.random.key(0), pairing="random")
+
+
 def test_make_preference_pairs_drops_identical_responses(tiny_policy, task):
     model, params = tiny_policy
     # Near-one-hot next-token distributions (same sampler compilation as above): the two

@@ -189,6 +189,7 @@ def make_preference_pairs(
     rng: jax.Array,
     *,
     num_samples: int = 2,
+    pairing: str = "adjacent",
     batch_size: int = 16,
     temperature: float = 1.0,
     top_k: int = 0,
@@ -197,15 +198,20 @@ def make_preference_pairs(
 ) -> list[PairExample]:
     """Preference pairs from the policy's own samples, labelled by Bradley-Terry on the oracle.
 
-    Samples ``num_samples`` (even) continuations per prompt with ``jaxpref.sampling.generate``
-    and pairs them as (0, 1), (2, 3), ...; each pair's winner is drawn with probability
-    ``task.preference_probs(r1, r2)``. Pairs with identical responses, or with
-    ``|r1 - r2| < min_reward_gap``, are dropped (they carry no preference). ``rng``: a JAX key.
+    Samples ``num_samples`` continuations per prompt with ``jaxpref.sampling.generate``.
+    ``pairing="adjacent"`` (``num_samples`` even) pairs them as (0, 1), (2, 3), ...;
+    ``pairing="best_worst"`` makes one pair per prompt from its highest- and lowest-reward
+    samples (as RSO/SELM-style pipelines do; a larger margin per labelled pair). Each pair's
+    winner is drawn with probability ``task.preference_probs(r1, r2)``. Pairs with identical
+    responses, or with ``|r1 - r2| < min_reward_gap``, are dropped (they carry no preference).
+    ``rng``: a JAX key.
 
     Returns ``PairExample(prompt, chosen, rejected)`` in prompt order; responses keep their EOS.
     """
-    if num_samples < 2 or num_samples % 2:
-        raise ValueError(f"num_samples must be even and >= 2, got {num_samples}")
+    if pairing not in ("adjacent", "best_worst"):
+        raise ValueError(f"pairing: unknown {pairing!r}; known: adjacent, best_worst")
+    if num_samples < 2 or (pairing == "adjacent" and num_samples % 2):
+        raise ValueError(f"num_samples must be >= 2 (and even for adjacent pairing), got {num_samples}")
     sample_rng, label_rng = jax.random.split(rng)
     repeated = [list(p) for p in prompts for _ in range(num_samples)]
     responses, _ = sample_responses(
@@ -214,14 +220,22 @@ def make_preference_pairs(
         top_p=top_p,
     )
     rewards = task.rewards(repeated, responses)
-    first_wins_prob = task.preference_probs(rewards[0::2], rewards[1::2])
+    if pairing == "adjacent":
+        first = np.arange(0, len(repeated), 2)
+        second = first + 1
+    else:
+        by_prompt = rewards.reshape(len(prompts), num_samples)
+        offsets = np.arange(len(prompts)) * num_samples
+        first, second = offsets + by_prompt.argmax(axis=1), offsets + by_prompt.argmin(axis=1)
+    first_wins_prob = task.preference_probs(rewards[first], rewards[second])
     first_wins = np.asarray(jax.random.uniform(label_rng, first_wins_prob.shape)) < first_wins_prob
     pairs = []
-    for j, wins in enumerate(first_wins):
-        y1, y2 = responses[2 * j], responses[2 * j + 1]
-        if y1 == y2 or abs(rewards[2 * j] - rewards[2 * j + 1]) < min_reward_gap:
+    for i, j, wins in zip(first, second, first_wins):
+        y1, y2 = responses[i], responses[j]
+        if y1 == y2 or abs(rewards[i] - rewards[j]) < min_reward_gap:
             continue
         chosen, rejected = (y1, y2) if wins else (y2, y1)
-        pairs.append(PairExample(repeated[2 * j], chosen, rejected))
-    log.info("preference pairs: kept %d of %d (mean reward %.3f)", len(pairs), len(first_wins), rewards.mean())
+        pairs.append(PairExample(repeated[i], chosen, rejected))
+    log.info("preference pairs: kept %d of %d (%s, mean reward of samples %.3f)", len(pairs), len(first_wins),
+             pairing, rewards.mean())
     return pairs
