@@ -65,7 +65,7 @@ class Mode:
     online_prompts: int  # prompts sampled per online round (configs default: 512)
     eval_prompts: int  # held-out prompts of the final evaluation (default: 512)
     round_prompts: int  # held-out prompts of per-round evaluations (default: 256)
-    acquisitions: int  # active DPO acquisitions of 128 labels (default: 4)
+    acquisitions: int  # active DPO acquisitions of 64 labels (configs default: 8)
     tr_sweep: tuple[tuple[float, int], ...]  # (alpha, tau) cells of the TR-DPO sweep
     frontier_methods: tuple[str, ...]
     frontier_betas: tuple[float, ...]
@@ -73,14 +73,14 @@ class Mode:
 
 FULL = Mode(
     name="full", seeds=3, offline_steps=300, online_steps=150, online_prompts=512, eval_prompts=512,
-    round_prompts=256, acquisitions=4,
+    round_prompts=256, acquisitions=8,
     tr_sweep=tuple((a, t) for t in (32, 128) for a in (0.5, 0.8, 1.0)),
     frontier_methods=("dpo", "ipo", "kto", "tr_dpo", "tr_ipo", "tr_kto", "rso", "sppo", "selm"),
     frontier_betas=(0.05, 0.1, 0.3, 1.0),
 )
 QUICK = Mode(
     name="quick", seeds=1, offline_steps=150, online_steps=100, online_prompts=256, eval_prompts=256,
-    round_prompts=128, acquisitions=3,
+    round_prompts=128, acquisitions=4,
     tr_sweep=(),
     frontier_methods=("dpo", "sppo"),
     frontier_betas=(0.05, 0.1, 0.3, 1.0),
@@ -428,11 +428,11 @@ def claim_active(mode: Mode, seeds: Sequence[int]) -> Claim:
         "active", "Active DPO (entropy + certainty) vs random acquisition",
         "The hybrid acquisition (high predictive entropy prompts, then the pair DPO's implicit reward is most "
         "certain about) improves both the rate of learning and the final performance at equal label budget.",
-        "One `configs/active_dpo.py` run per seed trains both strategies: each acquisition samples 4 completions "
-        "per prompt for a pool of 512 prompts from the current policy, labels 128 pairs chosen by the strategy "
-        "(Bradley-Terry-sampled oracle labels), then re-trains DPO from SFT on all labels so far "
-        f"({mode.online_steps} steps) and evaluates on {mode.round_prompts} held-out prompts. Rows: win rate after "
-        "each acquisition; the same label budget for both strategies.",
+        "One `configs/active_dpo.py` run per seed trains both strategies: each acquisition samples 8 completions "
+        "per prompt for a pool of 512 prompts from the current policy, labels 64 pairs chosen by the strategy "
+        "(Bradley-Terry-sampled oracle labels), then re-trains DPO from SFT on all labels so far (10 epochs: "
+        f"ceil(10 * labels / 32) steps) and evaluates on {mode.round_prompts} held-out prompts. Rows: win rate "
+        "after each acquisition; the same label budget for both strategies.",
         ["random", "hybrid"],
     )
     for i, n in enumerate(labels):

@@ -10,7 +10,7 @@ import pytest
 from test_main import load_config, toy
 
 from jaxpref.main import run
-from jaxpref.methods.active import pair_certainty, predictive_entropy, select_hybrid, select_random
+from jaxpref.methods.active import pair_certainty, predictive_entropy, select_hybrid, select_random, training_steps
 from jaxpref.methods.rso import first_round_pairs, statistical_rejection_sampling, tournament_pairs
 from jaxpref.methods.sppo import preference_matrix, win_rate_estimates
 
@@ -92,6 +92,8 @@ def test_sppo_preference_matrix_and_win_rates():
 def test_acquisition_functions():
     logps = np.array([[-1.0, -3.0], [-10.0, -20.0], [-4.0, -4.0]])
     np.testing.assert_allclose(predictive_entropy(logps), [2.0, 15.0, 4.0])
+    lengths = np.array([[1, 3], [10, 10], [4, 2]])  # per-token: -(mean of logp / len)
+    np.testing.assert_allclose(predictive_entropy(logps, lengths), [1.0, 1.5, 1.5])
     ref = np.zeros((3, 3))
     policy = np.array([[0.0, 1.0, 3.0], [0.0, 0.0, 0.0], [1.0, 1.0, 2.0]])
     cert, pairs = pair_certainty(policy, ref, beta=0.5)
@@ -159,3 +161,16 @@ def test_reward_model_job_and_judge(tmp_path, cache_dir):
                                            "judge.path": summary["reward_model_path"]})
     out = run(rso, str(tmp_path / "rso"))
     assert out["judge"] == "reward_model"
+
+
+def test_active_training_steps_scale_with_labels():
+    import ml_collections
+
+    from jaxpref.config_base import get_base_config
+
+    cfg = get_base_config()
+    cfg.batch_size, cfg.num_steps = 32, 150
+    cfg.active = ml_collections.ConfigDict(dict(epochs=0))
+    assert training_steps(cfg, 64) == 150  # fixed step count
+    cfg.active.epochs = 10
+    assert [training_steps(cfg, n) for n in (64, 100, 512)] == [20, 32, 160]  # ceil(10 * n / 32)

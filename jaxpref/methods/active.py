@@ -5,18 +5,22 @@ policy, and spends ``labels_per_step`` oracle labels on the pairs an acquisition
 selects:
 
 - ``hybrid``: the prompts with the highest predictive entropy ``-mean_k log pi(y_k|x)``
-  (a pool of ``entropy_pool_factor * labels_per_step``), then among them the pairs on which
+  (``active.entropy="per_token"``: divided by each response's length) (a pool of
+  ``entropy_pool_factor * labels_per_step``), then among them the pairs on which
   DPO's implicit preference model is most certain, ``|beta h(y_1) - beta h(y_2)|`` with
   ``h = log pi - log pi_sft``;
 - ``random``: random prompts and a random pair of their completions (the baseline).
 
 After each acquisition the policy is re-trained from SFT with DPO on all labels so far (as in
-the official code) and evaluated, giving a learning curve of win rate against labels.
+the official code) and evaluated, giving a learning curve of win rate against labels. With
+``active.epochs > 0`` each re-training runs that many passes over the labels so far (so a
+small labelled set is not over-fitted by a fixed step count); otherwise ``num_steps`` steps.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import jax
 import numpy as np
@@ -28,8 +32,14 @@ from jaxpref.online import build_round_data, sample_k
 log = logging.getLogger("jaxpref")
 
 
-def predictive_entropy(sample_logps_nk: np.ndarray) -> np.ndarray:
-    """Monte-Carlo entropy of pi(.|x) from K samples' log-probs: ``[n, K] -> [n]``."""
+def predictive_entropy(sample_logps_nk: np.ndarray, lengths_nk: np.ndarray | None = None) -> np.ndarray:
+    """Monte-Carlo entropy of pi(.|x) from K samples' log-probs: ``[n, K] -> [n]``.
+
+    With ``lengths_nk`` (response tokens), the per-token entropy ``-mean_k log pi(y_k|x) / |y_k|``:
+    the sequence entropy grows with response length, so it otherwise ranks prompts that elicit
+    long responses first."""
+    if lengths_nk is not None:
+        sample_logps_nk = sample_logps_nk / np.maximum(lengths_nk, 1)
     return -np.mean(sample_logps_nk, axis=1)
 
 
@@ -71,6 +81,12 @@ def select_random(valid_np: np.ndarray, rng: np.random.Generator, *, num: int) -
     return picks
 
 
+def training_steps(cfg, num_labels: int) -> int:
+    """DPO steps of a re-training on ``num_labels`` pairs: ``active.epochs`` passes, or ``num_steps``."""
+    epochs = cfg.active.get("epochs", 0)
+    return max(1, math.ceil(epochs * num_labels / cfg.batch_size)) if epochs else cfg.num_steps
+
+
 def run(ctx) -> dict:
     """Runs the hybrid and random strategies with the same label budget; returns both curves."""
     cfg, acfg = ctx.cfg, ctx.cfg.active
@@ -89,7 +105,9 @@ def run(ctx) -> dict:
             valid = np.array([[responses[b][i] != responses[b][j] for i, j in pairs] for b in range(len(prompts))])
             rng = np.random.default_rng([cfg.seed, a, 17])
             if strategy == "hybrid":
-                picks = select_hybrid(predictive_entropy(logps), certainty, valid, num=acfg.labels_per_step,
+                lengths = (np.array([[len(y) for y in ys] for ys in responses])
+                           if acfg.get("entropy", "sequence") == "per_token" else None)
+                picks = select_hybrid(predictive_entropy(logps, lengths), certainty, valid, num=acfg.labels_per_step,
                                       pool_factor=acfg.entropy_pool_factor)
             else:
                 picks = select_random(valid, rng, num=acfg.labels_per_step)
@@ -101,8 +119,8 @@ def run(ctx) -> dict:
                                                                    "rejected": [e.rejected for e in labelled]},
                                     pad_id=ctx.pad_id)
             params, _ = ctx.trainer.train_round(ctx.sft_params, ctx.sft_params, data, get_objective("dpo"),
-                                                steps=cfg.num_steps, first_step=0, seed=cfg.seed + a,
-                                                desc=f"{strategy} a{a + 1}")
+                                                steps=training_steps(cfg, len(labelled)), first_step=0,
+                                                seed=cfg.seed + a, desc=f"{strategy} a{a + 1}")
             point = {"labels": len(labelled), **ctx.quick_eval(params, a)}
             curve.append(point)
             log.info("active/%s: %d labels -> win rate %.3f", strategy, point["labels"], point["win_rate_vs_sft"])
