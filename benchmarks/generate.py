@@ -180,6 +180,8 @@ def main(argv: list[str]) -> None:
     summary["jaxpref_compile_s"] = harness.median([run["compile_s"] for run in runs["jaxpref"]])
     summary["speedup_vs_hf"] = summary["jaxpref_new_tokens_per_s"] / summary["hf_new_tokens_per_s"]
     summary["greedy_agreement"] = agreement(runs["jaxpref"][0]["tokens"], runs["hf"][0]["tokens"])
+    for run in (r for rs in runs.values() for r in rs):
+        del run["tokens"]  # compared above; too long to keep in the JSON
 
     settings = {
         "size": args.size,

@@ -64,7 +64,7 @@ PRESETS: dict[str, Preset] = {
         batch_size=4,
         prompt_len=64,
         completion_len=64,
-        steps=10,
+        steps=6,
         repeats=2,
     ),
     # ~97M params (12.6M of them embedding + LM head): GPT-2-small-like Llama.

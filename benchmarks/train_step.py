@@ -17,9 +17,12 @@ both) of the timed steps, divided by their wall time. Excluded: JAX compilation 
 (reported as ``first_step_s``). Both sides must log a step-0 loss of log 2 (policy ==
 reference) and the per-step losses of the two frameworks are compared as a parity check.
 
-jaxpref is also timed in precomputed-reference mode (reference log-probs fed as inputs, no
-reference forward in the step); that row reuses the jaxpref process, so its memory is not
-reported separately.
+jaxpref is also timed, in a third process, in precomputed-reference mode: the reference
+log-probs are computed once before training and fed as inputs, and the reference params are
+dropped — what ``python -m jaxpref.main`` does by default for DPO/IPO/KTO/SLiC with a frozen
+reference (``config.precompute_ref_logps``). TRL's default (``precompute_ref_log_probs=False``)
+is the reference model inside every step, so the row "jaxpref default vs TRL default" compares
+the two frameworks as a user runs them; "reference in step" compares the same computation.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def prepare_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def jaxpref_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Times jaxpref's DPO step, reference in the step and then precomputed."""
+    """Times jaxpref's DPO step with the reference model in the step (``spec["reference"] ==
+    "in_step"``) or with reference log-probs precomputed and the reference params dropped."""
     import jax
     from jaxpref_dpo import DPOBench, collate, time_dpo
 
@@ -61,23 +65,27 @@ def jaxpref_worker(spec: dict[str, Any]) -> dict[str, Any]:
     model, params = load_pretrained(spec["model_dir"])
     model = model.clone(remat=spec["remat"])
     batches = collate(spec["pairs"], spec["batch_size"], spec["seq_len"], harness.PAD_ID)
-    total_steps = 1 + spec["steps"]  # as TRL's max_steps; the precomputed phase runs at the final lr
+    total_steps = 1 + spec["steps"]  # as TRL's max_steps
     bench = DPOBench(model, params, learning_rate=spec["lr"], beta=spec["beta"], total_steps=total_steps)
     del params
-    in_step = time_dpo(bench, batches, steps=spec["steps"])
-    in_step["peak_rss_mb"] = harness.peak_rss_mb()
+    precompute_s = None
+    if spec["reference"] == "precomputed":
+        start = time.perf_counter()
+        batches = bench.precompute_reference(batches)
+        precompute_s = time.perf_counter() - start
+    result = time_dpo(bench, batches, steps=spec["steps"])
+    result["peak_rss_mb"] = harness.peak_rss_mb()
+    result["precompute_reference_s"] = precompute_s
+    return {"baseline_rss_mb": baseline_rss, "reference": spec["reference"], **result,
+            "backend": jax.default_backend()}
 
-    start = time.perf_counter()
-    pre_batches = bench.precompute_reference(batches)
-    precompute_s = time.perf_counter() - start
-    precomputed = time_dpo(bench, pre_batches, steps=spec["steps"])
-    precomputed["precompute_reference_s"] = precompute_s
-    return {
-        "baseline_rss_mb": baseline_rss,
-        "in_step_reference": in_step,
-        "precomputed_reference": precomputed,
-        "backend": jax.default_backend(),
-    }
+
+def jaxpref_in_step_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    return jaxpref_worker({**spec, "reference": "in_step"})
+
+
+def jaxpref_precomputed_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    return jaxpref_worker({**spec, "reference": "precomputed"})
 
 
 def _word_tokenizer(vocab_size: int):
@@ -219,7 +227,9 @@ def _check_tokenization(dataset, pairs: list[dict[str, list[int]]]) -> None:
             raise AssertionError(f"TRL tokenized pair {i} differently: {got} vs {p}")
 
 
-WORKERS = {"prepare": prepare_worker, "jaxpref": jaxpref_worker, "trl": trl_worker}
+WORKERS = {"prepare": prepare_worker, "jaxpref": jaxpref_in_step_worker,
+           "jaxpref_precomputed": jaxpref_precomputed_worker, "trl": trl_worker}
+FRAMEWORKS = ("jaxpref", "jaxpref_precomputed", "trl")
 
 
 # ---------------------------------------------------------------------------------- parent
@@ -243,8 +253,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Medians over repeats, the headline ratios and the loss parity check."""
-    jx = [r["in_step_reference"] for r in runs["jaxpref"]]
-    pre = [r["precomputed_reference"] for r in runs["jaxpref"]]
+    jx, pre = runs["jaxpref"], runs["jaxpref_precomputed"]
     trl = runs["trl"]
     med = lambda rows, key: harness.median([r[key] for r in rows])  # noqa: E731
     out = {
@@ -255,9 +264,11 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "jaxpref_precomputed_ref_tokens_per_cpu_s": med(pre, "tokens_per_cpu_s"),
         "trl_tokens_per_cpu_s": med(trl, "tokens_per_cpu_s"),
         "jaxpref_peak_rss_mb": med(jx, "peak_rss_mb"),
+        "jaxpref_precomputed_ref_peak_rss_mb": med(pre, "peak_rss_mb"),
         "trl_peak_rss_mb": med(trl, "peak_rss_mb"),
         "jaxpref_peak_rss_after_compile_mb": med(jx, "peak_rss_after_compile_mb"),
-        "jaxpref_baseline_rss_mb": harness.median([r["baseline_rss_mb"] for r in runs["jaxpref"]]),
+        "jaxpref_baseline_rss_mb": med(jx, "baseline_rss_mb"),
+        "jaxpref_precompute_reference_s": med(pre, "precompute_reference_s"),
         "trl_baseline_rss_mb": med(trl, "baseline_rss_mb"),
         "jaxpref_compile_s": med(jx, "compile_s"),
         "jaxpref_precomputed_compile_s": med(pre, "compile_s"),
@@ -269,6 +280,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out["cpu_time_speedup_vs_trl"] = out["jaxpref_tokens_per_cpu_s"] / out["trl_tokens_per_cpu_s"]
     out["precomputed_speedup_vs_trl"] = out["jaxpref_precomputed_ref_tokens_per_s"] / out["trl_tokens_per_s"]
     out["peak_rss_ratio_vs_trl"] = out["jaxpref_peak_rss_mb"] / out["trl_peak_rss_mb"]
+    # jaxpref's default offline DPO (precomputed reference) against TRL's default (reference in step).
+    out["default_peak_rss_ratio_vs_trl"] = out["jaxpref_precomputed_ref_peak_rss_mb"] / out["trl_peak_rss_mb"]
     jl, tl = jx[0]["losses"], trl[0]["losses"]
     out["loss_parity_max_abs_diff"] = max(abs(a - b) for a, b in zip(jl, tl))
     out["step0_loss"] = {"jaxpref": jl[0], "trl": tl[0], "log2": math.log(2)}
@@ -277,7 +290,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def report(settings: dict[str, Any], summary: dict[str, Any], runs: dict[str, list]) -> str:
     """The markdown table printed at the end of a run."""
-    pre_step_s = harness.median([r["precomputed_reference"]["step_s"] for r in runs["jaxpref"]])
+    pre_step_s = harness.median([r["step_s"] for r in runs["jaxpref_precomputed"]])
     rows = [
         [
             "TRL DPOTrainer (torch)",
@@ -298,18 +311,19 @@ def report(settings: dict[str, Any], summary: dict[str, Any], runs: dict[str, li
             f"compile {summary['jaxpref_compile_s']:.2f}",
         ],
         [
-            "jaxpref, precomputed reference",
+            "jaxpref, precomputed reference (job default)",
             summary["jaxpref_precomputed_ref_tokens_per_s"],
             pre_step_s,
             summary["precomputed_speedup_vs_trl"],
             summary["jaxpref_precomputed_ref_tokens_per_cpu_s"],
-            "(same process)",
+            summary["jaxpref_precomputed_ref_peak_rss_mb"],
             f"compile {summary['jaxpref_precomputed_compile_s']:.2f}",
         ],
     ]
     headers = ["framework", "tokens/s", "s/step", "vs TRL", "tokens/CPU-s", "peak RSS MiB", "excluded (s)"]
     per_run = {
-        "jaxpref tokens/s": [round(r["in_step_reference"]["tokens_per_s"], 1) for r in runs["jaxpref"]],
+        "jaxpref tokens/s": [round(r["tokens_per_s"], 1) for r in runs["jaxpref"]],
+        "jaxpref precomputed tokens/s": [round(r["tokens_per_s"], 1) for r in runs["jaxpref_precomputed"]],
         "trl tokens/s": [round(r["tokens_per_s"], 1) for r in runs["trl"]],
     }
     return "\n".join(
@@ -348,9 +362,9 @@ def main(argv: list[str]) -> None:
             "remat": args.remat,
         }
         prepared = harness.run_worker(__file__, "prepare", spec, workdir)
-        runs: dict[str, list[dict[str, Any]]] = {"jaxpref": [], "trl": []}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in FRAMEWORKS}
         for r in range(preset.repeats):
-            for name in ("jaxpref", "trl"):  # A B A B
+            for name in FRAMEWORKS:  # A B C A B C
                 runs[name].append(harness.run_worker(__file__, name, spec, workdir))
                 print(f"repeat {r}: {name} done ({runs[name][-1]['process_wall_s']:.0f}s)", flush=True)
     settings = {
