@@ -460,12 +460,14 @@ def claim_active(mode: Mode, seeds: Sequence[int]) -> Claim:
     claim.discussion = (
         ("The hybrid's advantage reproduces here. " if ok else
          "Random acquisition is hard to beat here (as the 2026 'Random Is Hard to Beat' study also finds). ")
-        + "A measured bias explains much of it: the entropy estimate `-mean_k log pi(y_k|x)` sums token log-probs, "
+        + "A measured bias of the paper's entropy estimate: `-mean_k log pi(y_k|x)` sums token log-probs, "
         "so it grows with response length, which on the echo task follows the prompt's length. On seed "
         f"{seeds[0]}'s SFT policy it correlates {bias['corr']:.2f} with the number of prompt words, and "
         f"{bias['top_long']:.0%} of the top-entropy half of the pool are 5-6-word prompts (vs {bias['all_long']:.0%} "
-        "of all prompts). The hybrid therefore spends its labels on one slice of the prompt distribution, and "
-        "its most *certain* pairs are ones the current policy already ranks, which add little new signal."
+        "of all prompts), so that hybrid spends its labels on one slice of the prompt distribution. The config "
+        "therefore ranks prompts by per-token entropy (`active.entropy = \"per_token\"`; the paper's is "
+        "`\"sequence\"`). What remains: the hybrid's most *certain* pairs are ones the current policy already "
+        "ranks, a sample selected by the model itself, which adds less new signal than random pairs."
     )
     return claim
 
@@ -513,7 +515,7 @@ def claim_rso(mode: Mode, seeds: Sequence[int]) -> Claim:
         "Every row is one `configs/rso.py` run: 16 SFT samples per training prompt (the oracle scores them), "
         "8 of them drawn without replacement by statistical rejection sampling, paired into 4 random disjoint "
         "pairs ('first-round'), each pair labelled by the oracle (the higher reward wins), then "
-        f"{mode.online_steps} steps with loss gamma 1.0 (`beta`), lr 1e-3. The baselines differ only in the "
+        f"{mode.online_steps} steps with loss gamma 0.3 (`beta`), lr 1e-3. The baselines differ only in the "
         "sampling: `rso.sampling_beta = 1e6` makes every proposal accepted, i.e. a uniform draw of 8 of the 16 SFT "
         "samples, so they see SFT-sampled pairs with the same number of labelled pairs (up to the pairs dropped "
         "as identical or tied) and the same steps. SLiC uses its calibration hinge `max(0, 1 - (log pi(y_w) - "
