@@ -146,3 +146,27 @@ def test_job_on_own_hf_checkpoint_and_local_dataset(tmp_path, config, rows):
     if config == "dpo":
         assert 0.0 <= summary["held_out_reward_accuracy"] <= 1.0
     assert load_pretrained(str(tmp_path / "export"))[0].config.vocab_size == 16
+
+
+def test_model_remat_reaches_the_policy_and_leaves_results_unchanged(cache_dir):
+    from jaxpref import components
+    from jaxpref.batches import collate_pairs
+    from jaxpref.train_step import batch_groups, grouped_logps
+
+    cfg = toy(load_config("dpo"), cache_dir)
+    plain = components.resolve_policy(cfg)
+    cfg.model.remat = True
+    remat = components.resolve_policy(cfg)
+    assert remat.model.remat is True and plain.model.remat is False
+    pairs = components.offline_pairs(cfg, plain)[:8]
+    groups, _ = batch_groups(collate_pairs(pairs, pad_id=plain.pad_id, buckets=[32]))
+
+    def loss(model, params):
+        out = grouped_logps(model, params, groups, ("chosen", "rejected"))
+        return out["chosen"].sum() - out["rejected"].sum()
+
+    g_plain = jax.grad(lambda p: loss(plain.model, p))(plain.params)
+    g_remat = jax.grad(lambda p: loss(remat.model, p))(remat.params)
+    assert max(float(np.abs(g).max()) for g in jax.tree.leaves(g_plain)) > 0
+    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
