@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
 
 from jaxpref.batches import PairExample, collate_pairs, default_buckets, pairs_to_unpaired
 from jaxpref.objectives import Objective
@@ -154,7 +155,9 @@ def precompute_reference(model, ref_params, examples: list[PairExample], *, pad_
     """Reference log-probs of every pair, once: ``{"chosen": [N], "rejected": [N]}`` float32."""
     fn = jax.jit(lambda p, g: reference_logps(model, p, g, ("chosen", "rejected")))
     out = {"chosen": [], "rejected": []}
-    for start in range(0, len(examples), batch_size):
+    starts = range(0, len(examples), batch_size)
+    for start in tqdm(starts, desc="reference log-probs", unit="batch", mininterval=5.0,
+                      disable=len(starts) < 4 or jax.process_index() != 0):
         chunk = examples[start : start + batch_size]
         n_real = len(chunk)
         chunk = chunk + [chunk[-1]] * (batch_size - n_real)  # one shape per bucket: few compiles
