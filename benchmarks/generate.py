@@ -162,13 +162,8 @@ def main(argv: list[str]) -> None:
             "seed": args.seed,
         }
         prepared = harness.run_worker(__file__, "prepare", spec, workdir)
-        runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-        for r in range(args.repeats):
-            for name in names:  # A B A B
-                runs[name].append(
-                    harness.run_worker(__file__, name, {**spec, "static_cache": name == "hf_static"}, workdir)
-                )
-                print(f"repeat {r}: {name} done ({runs[name][-1]['process_wall_s']:.0f}s)", flush=True)
+        runs = harness.run_alternating(__file__, names, args.repeats,
+                                       lambda name: {**spec, "static_cache": name == "hf_static"}, workdir)
 
     new_tokens = args.batch_size * args.max_new_tokens
     summary: dict[str, Any] = {}

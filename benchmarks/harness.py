@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +218,20 @@ def run_worker(
     result = json.loads(out_path.read_text())
     result["process_wall_s"] = time.perf_counter() - start
     return result
+
+
+def run_alternating(
+    script: str | Path, names: Sequence[str], repeats: int, spec_for: Callable[[str], Mapping[str, Any]],
+    workdir: Path,
+) -> dict[str, list[dict]]:
+    """Runs each worker of ``names`` once per repeat, alternating (A B A B ...), each in its own
+    process; returns every worker's results by name, in run order."""
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names:
+            runs[name].append(run_worker(script, name, spec_for(name), workdir))
+            print(f"repeat {r}: {name} done ({runs[name][-1]['process_wall_s']:.0f}s)", flush=True)
+    return runs
 
 
 def worker_main(workers: Mapping[str, Any], argv: Sequence[str]) -> bool:

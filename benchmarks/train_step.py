@@ -362,11 +362,7 @@ def main(argv: list[str]) -> None:
             "remat": args.remat,
         }
         prepared = harness.run_worker(__file__, "prepare", spec, workdir)
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in FRAMEWORKS}
-        for r in range(preset.repeats):
-            for name in FRAMEWORKS:  # A B C A B C
-                runs[name].append(harness.run_worker(__file__, name, spec, workdir))
-                print(f"repeat {r}: {name} done ({runs[name][-1]['process_wall_s']:.0f}s)", flush=True)
+        runs = harness.run_alternating(__file__, FRAMEWORKS, preset.repeats, lambda name: spec, workdir)
     settings = {
         "size": args.size,
         "params": prepared["params"],
