@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from jaxpref.batches import PairExample, collate_pairs, default_buckets, pairs_to_unpaired
+from jaxpref.evaluation import batch_starts
 from jaxpref.objectives import Objective
 from jaxpref.tasks.synthetic import EOS, PAD, EchoTask, make_tokenizer
 from jaxpref.train_step import batch_groups, reference_logps
@@ -155,9 +155,7 @@ def precompute_reference(model, ref_params, examples: list[PairExample], *, pad_
     """Reference log-probs of every pair, once: ``{"chosen": [N], "rejected": [N]}`` float32."""
     fn = jax.jit(lambda p, g: reference_logps(model, p, g, ("chosen", "rejected")))
     out = {"chosen": [], "rejected": []}
-    starts = range(0, len(examples), batch_size)
-    for start in tqdm(starts, desc="reference log-probs", unit="batch", mininterval=5.0,
-                      disable=len(starts) < 4 or jax.process_index() != 0):
+    for start in batch_starts(len(examples), batch_size, "reference log-probs"):
         chunk = examples[start : start + batch_size]
         n_real = len(chunk)
         chunk = chunk + [chunk[-1]] * (batch_size - n_real)  # one shape per bucket: few compiles

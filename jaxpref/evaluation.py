@@ -24,6 +24,13 @@ from jaxpref.train_step import batch_groups, grouped_logps
 RewardFn = Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]]], np.ndarray]
 
 
+def batch_starts(num_items: int, batch_size: int, desc: str):
+    """``range(0, num_items, batch_size)``, shown as a progress bar named ``desc`` when there are
+    several batches (on process 0 only)."""
+    starts = range(0, num_items, batch_size)
+    return tqdm(starts, desc=desc, unit="batch", mininterval=5.0, disable=len(starts) < 4 or jax.process_index() != 0)
+
+
 def sample_responses(
     model, params, prompts: Sequence[Sequence[int]], rng, *, eos_id: int, pad_id: int, max_new_tokens: int,
     batch_size: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, desc: str = "sampling",
@@ -36,10 +43,7 @@ def sample_responses(
     """
     prompt_len = max(len(p) for p in prompts)
     responses, logps = [], []
-    starts = range(0, len(prompts), batch_size)
-    bar = tqdm(starts, desc=desc, unit="batch", mininterval=5.0,
-               disable=len(starts) < 4 or jax.process_index() != 0)
-    for start in bar:
+    for start in batch_starts(len(prompts), batch_size, desc):
         chunk = list(prompts[start : start + batch_size])
         n_real = len(chunk)
         chunk += [chunk[-1]] * (batch_size - n_real)

@@ -4,8 +4,8 @@ XLA's compiler allocates a few hundred MiB of short-lived host memory while it c
 glibc keeps those pages mapped after they are freed, and the step's execution buffers are
 separate large mappings that never reuse them, so on CPU they stay in the process's resident set
 for the whole run (measured: 180-250 MiB of a 0.8-3 GiB peak, ``benchmarks/RESULTS.md``).
-Trimming the heap once after the first (compiling) step returns them. Elsewhere (macOS, musl)
-this is a no-op.
+Trimming the heap after each compilation, before the compiled step first runs
+(``CompileAhead``), returns them. Elsewhere (macOS, musl) the trim is a no-op.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+
+import jax
+import numpy as np
 
 
 @functools.cache
@@ -51,9 +54,6 @@ class CompileAhead:
 
     @staticmethod
     def _signature(args) -> tuple:
-        import jax
-        import numpy as np
-
         leaves, treedef = jax.tree.flatten(args)
         return treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxpref.batches import PairExample
 from jaxpref.evaluation import sample_responses
+from jaxpref.online import pick_best_worst
 
 log = logging.getLogger("jaxpref")
 
@@ -224,9 +225,9 @@ def make_preference_pairs(
         first = np.arange(0, len(repeated), 2)
         second = first + 1
     else:
-        by_prompt = rewards.reshape(len(prompts), num_samples)
+        best, worst, _ = pick_best_worst(rewards.reshape(len(prompts), num_samples))
         offsets = np.arange(len(prompts)) * num_samples
-        first, second = offsets + by_prompt.argmax(axis=1), offsets + by_prompt.argmin(axis=1)
+        first, second = offsets + best, offsets + worst
     first_wins_prob = task.preference_probs(rewards[first], rewards[second])
     first_wins = np.asarray(jax.random.uniform(label_rng, first_wins_prob.shape)) < first_wins_prob
     pairs = []
