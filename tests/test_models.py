@@ -13,6 +13,7 @@ from jaxpref.models import (
     KVCache,
     ModelConfig,
     count_params,
+    decode_model_and_params,
     forward,
     forward_cached,
     init_cache,
@@ -21,6 +22,7 @@ from jaxpref.models import (
     load_tokenizer,
     logical_axes,
     save_pretrained,
+    unstack_layers,
 )
 from jaxpref.models.hf_io import parse_size
 from jaxpref.models.llama import rope_inverse_frequencies
@@ -220,9 +222,16 @@ def test_bf16_compute_is_close_to_float32():
     assert np.linalg.norm(error) <= 0.02 * np.linalg.norm(logits32)
 
 
+@pytest.mark.parametrize("layout", ["scanned", "unrolled", "decode"])
 @pytest.mark.parametrize("name", sorted(JAX_MODELS))
-def test_cached_decode_matches_full_forward(name):
-    """Prefill of left-padded prompts of different lengths, then one token at a time."""
+def test_cached_decode_matches_full_forward(name, layout):
+    """Prefill of left-padded prompts of different lengths, then one token at a time.
+
+    The reference is the scanned model's full forward. ``unrolled`` decodes with
+    ``scan_layers=False`` on ``unstack_layers`` params; ``decode`` with the layout of
+    ``decode_model_and_params`` (unrolled, q/k/v and gate/up fused), which
+    ``sampling.generate`` uses.
+    """
     model, params = init_model(ModelConfig(**_tiny_fields(), **JAX_MODELS[name]))
     params = jax.tree.map(lambda x: x * 5.0, params)
     ids, mask = _batch("left")
@@ -231,6 +240,16 @@ def test_cached_decode_matches_full_forward(name):
     prompt_mask[2, -1] = 1  # real prompt lengths 6, 3 and 1, left-padded
     full_mask = np.concatenate([prompt_mask, np.ones_like(mask[:, prompt_len:])], axis=1)
     expected = forward(model, params, ids, full_mask)
+    if layout == "unrolled":
+        params = unstack_layers(params, model.config.num_layers)
+        model = model.clone(scan_layers=False)
+        assert "layers" not in params and params["layers_1"]["attn"]["q"]["kernel"].ndim == 3
+    elif layout == "decode":
+        model, params = decode_model_and_params(model, params)
+        cfg = model.config
+        qkv = params["layers_1"]["attn"]["qkv"]["kernel"]
+        assert qkv.shape == (cfg.hidden_size, cfg.num_heads + 2 * cfg.num_kv_heads, cfg.head_dim)
+        assert params["layers_0"]["mlp"]["gate_up"]["kernel"].shape == (cfg.hidden_size, 2 * cfg.intermediate_size)
 
     traced_shapes = []
 
@@ -247,6 +266,8 @@ def test_cached_decode_matches_full_forward(name):
         pieces.append(logits)
     assert traced_shapes == [(3, prompt_len), (3, 1)]  # cache_index is traced: no retrace
     assert isinstance(cache, KVCache)
+    cfg = model.config
+    assert len(cache.k) == cfg.num_layers and cache.k[0].shape == (3, cfg.num_kv_heads, SEQ_LEN + 2, cfg.head_dim)
     np.testing.assert_array_equal(cache.mask[:, :SEQ_LEN], full_mask)
     assert not cache.mask[:, SEQ_LEN:].any()
     decoded = np.concatenate(pieces, axis=1)

@@ -12,13 +12,16 @@ from jaxpref.models.llama import (
     CausalLM,
     KVCache,
     count_params,
+    decode_model_and_params,
     default_positions,
     forward,
     forward_cached,
+    fuse_projections,
     init_cache,
     init_model,
     init_params,
     logical_axes,
+    unstack_layers,
 )
 
 __all__ = [
@@ -27,9 +30,11 @@ __all__ = [
     "ModelConfig",
     "as_model_config",
     "count_params",
+    "decode_model_and_params",
     "default_positions",
     "forward",
     "forward_cached",
+    "fuse_projections",
     "init_cache",
     "init_model",
     "init_params",
@@ -39,4 +44,5 @@ __all__ = [
     "load_tokenizer",
     "logical_axes",
     "save_pretrained",
+    "unstack_layers",
 ]

@@ -5,6 +5,11 @@ compile time does not grow with depth. Params are a plain pytree (see ``logical_
 the layout); call the model through ``forward`` (training / scoring) or ``forward_cached``
 (prefill + decode for sampling).
 
+For decoding, ``CausalLM(scan_layers=False)`` runs the layers as ``L`` separate modules
+(``layers_0`` ... params, from ``unstack_layers``): inside a decode loop each layer then reads
+its own weight and cache buffers, where a scan would copy layer ``l``'s slice out of the
+stacked arrays at every token.
+
 Shape letters: B batch, T new tokens, S cache slots (keys), L layers, E hidden size,
 H query heads, K key/value heads, G = H // K, D head dim, F MLP size, V vocabulary.
 """
@@ -32,21 +37,23 @@ _MASKED_SCORE = float(np.finfo(np.float32).min)
 class KVCache(NamedTuple):
     """Keys/values of every layer for ``S`` slots (written by ``forward_cached``).
 
-    ``k, v``: ``[L, B, S, K, D]`` (keys already rotated by RoPE).
+    ``k, v``: tuples of ``L`` arrays ``[B, K, S, D]`` (keys already rotated by RoPE). One
+    buffer per layer lets a decode loop update each in place; slots are the second-minor
+    dim so attention reads them without a transpose.
     ``mask``: ``[B, S]`` int32, 1 where the slot holds a real token.
     """
 
-    k: Array
-    v: Array
+    k: tuple[Array, ...]
+    v: tuple[Array, ...]
     mask: Array
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype: DType = jnp.float32) -> KVCache:
     """An all-zero cache with ``max_length`` slots per row (no slot valid)."""
-    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+    shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
     return KVCache(
-        k=jnp.zeros(shape, dtype),
-        v=jnp.zeros(shape, dtype),
+        k=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
+        v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
         mask=jnp.zeros((batch_size, max_length), jnp.int32),
     )
 
@@ -109,11 +116,16 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Grouped-query attention with RoPE, over fresh keys or over a layer's cache."""
+    """Grouped-query attention with RoPE, over fresh keys or over a layer's cache.
+
+    ``fused_projections``: one ``qkv`` kernel ``[E, H + 2K, D]`` (q, k, v concatenated over
+    heads, see ``fuse_projections``) instead of three, i.e. one matmul instead of three.
+    """
 
     config: ModelConfig
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
+    fused_projections: bool = False
 
     @nn.compact
     def __call__(
@@ -127,7 +139,7 @@ class Attention(nn.Module):
         """``x``: ``[B, T, E]``; ``attend``: ``[B, T, S]`` bool (query t may see key s).
 
         Without a cache the keys are the T new tokens (S == T). With ``layer_kv`` (each
-        ``[B, S, K, D]``) the new keys/values are written at ``cache_index`` first and the
+        ``[B, K, S, D]``) the new keys/values are written at ``cache_index`` first and the
         updated pair is returned.
         """
         cfg = self.config
@@ -137,41 +149,52 @@ class Attention(nn.Module):
             param_dtype=self.param_dtype,
             kernel_init=nn.initializers.normal(INIT_STD),
         )
-        q_btnd = dense((cfg.num_heads, cfg.head_dim), use_bias=cfg.attention_bias, name="q")(x_bte)
-        k_btkd = dense((cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.attention_bias, name="k")(x_bte)
-        v_btkd = dense((cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.attention_bias, name="v")(x_bte)
+        heads, kv_heads = cfg.num_heads, cfg.num_kv_heads
+        if self.fused_projections:
+            qkv = dense((heads + 2 * kv_heads, cfg.head_dim), use_bias=cfg.attention_bias, name="qkv")(x_bte)
+            q_btnd, k_btkd, v_btkd = jnp.split(qkv, [heads, heads + kv_heads], axis=2)
+        else:
+            q_btnd = dense((heads, cfg.head_dim), use_bias=cfg.attention_bias, name="q")(x_bte)
+            k_btkd = dense((kv_heads, cfg.head_dim), use_bias=cfg.attention_bias, name="k")(x_bte)
+            v_btkd = dense((kv_heads, cfg.head_dim), use_bias=cfg.attention_bias, name="v")(x_bte)
         q_btnd = _apply_rope(q_btnd, *rope)
         k_btkd = _apply_rope(k_btkd, *rope)
 
         new_kv = None
-        if layer_kv is not None:
+        if layer_kv is None:
+            keys, values, key_spec = k_btkd, v_btkd, "bskd"
+        else:
             cache_k, cache_v = layer_kv
-            start = (0, cache_index, 0, 0)
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k_btkd.astype(cache_k.dtype), start)
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v_btkd.astype(cache_v.dtype), start)
+            start = (0, 0, cache_index, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k_btkd.transpose(0, 2, 1, 3).astype(cache_k.dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v_btkd.transpose(0, 2, 1, 3).astype(cache_v.dtype), start)
             new_kv = (cache_k, cache_v)
-            k_btkd, v_btkd = cache_k.astype(self.dtype), cache_v.astype(self.dtype)
+            keys, values, key_spec = cache_k.astype(self.dtype), cache_v.astype(self.dtype), "bksd"
 
         b, t = x_bte.shape[:2]
         groups = cfg.num_heads // cfg.num_kv_heads
         q_btkgd = q_btnd.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_btkd, preferred_element_type=jnp.float32) * (
+        scores = jnp.einsum(f"btkgd,{key_spec}->bkgts", q_btkgd, keys, preferred_element_type=jnp.float32) * (
             cfg.head_dim**-0.5
         )
         scores = jnp.where(attend_bts[:, None, None], scores, _MASKED_SCORE)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out_btkgd = jnp.einsum("bkgts,bskd->btkgd", probs, v_btkd)
+        out_btkgd = jnp.einsum(f"bkgts,{key_spec}->btkgd", probs, values)
         out_btnd = out_btkgd.reshape(b, t, cfg.num_heads, cfg.head_dim)
         out_bte = dense(cfg.hidden_size, axis=(-2, -1), use_bias=False, name="o")(out_btnd)
         return out_bte, new_kv
 
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``."""
+    """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``.
+
+    ``fused_projections``: one ``gate_up`` kernel ``[E, 2F]`` instead of ``gate`` and ``up``.
+    """
 
     config: ModelConfig
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
+    fused_projections: bool = False
 
     @nn.compact
     def __call__(self, x_bte: Array) -> Array:
@@ -183,7 +206,11 @@ class MLP(nn.Module):
             kernel_init=nn.initializers.normal(INIT_STD),
         )
         size = self.config.intermediate_size
-        hidden = nn.silu(dense(size, name="gate")(x_bte)) * dense(size, name="up")(x_bte)
+        if self.fused_projections:
+            gate, up = jnp.split(dense(2 * size, name="gate_up")(x_bte), 2, axis=-1)
+        else:
+            gate, up = dense(size, name="gate")(x_bte), dense(size, name="up")(x_bte)
+        hidden = nn.silu(gate) * up
         return dense(self.config.hidden_size, name="down")(hidden)
 
 
@@ -193,6 +220,7 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
+    fused_projections: bool = False
 
     @nn.compact
     def __call__(
@@ -206,9 +234,12 @@ class DecoderLayer(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         eps = self.config.rms_norm_eps
         attn_in = RMSNorm(eps, name="attn_norm", **kw)(h_bte)
-        attn_out, new_kv = Attention(self.config, name="attn", **kw)(attn_in, rope, attend_bts, layer_kv, cache_index)
+        fused = self.fused_projections
+        attn = Attention(self.config, fused_projections=fused, name="attn", **kw)
+        attn_out, new_kv = attn(attn_in, rope, attend_bts, layer_kv, cache_index)
         h_bte = h_bte + attn_out
-        h_bte = h_bte + MLP(self.config, name="mlp", **kw)(RMSNorm(eps, name="mlp_norm", **kw)(h_bte))
+        mlp = MLP(self.config, fused_projections=fused, name="mlp", **kw)
+        h_bte = h_bte + mlp(RMSNorm(eps, name="mlp_norm", **kw)(h_bte))
         return h_bte, new_kv
 
 
@@ -217,12 +248,17 @@ class CausalLM(nn.Module):
 
     ``dtype`` is the compute dtype (activations, matmuls); softmax, norms, RoPE and the
     logits are float32 regardless. ``remat`` checkpoints each layer (recompute in backward).
+    ``scan_layers=False`` takes ``unstack_layers`` params (for decode loops, see the module
+    docstring); ``fused_projections`` takes ``fuse_projections`` params (q/k/v and gate/up
+    each one matmul).
     """
 
     config: ModelConfig
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
     remat: bool = False
+    scan_layers: bool = True
+    fused_projections: bool = False
     return_hidden: bool = False  # return final-norm hidden states [B, T, E] instead of logits
 
     @nn.compact
@@ -234,11 +270,12 @@ class CausalLM(nn.Module):
         kv: tuple[Array, Array] | None = None,
         cache_index: Array | None = None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
-        """Returns ``(logits [B, T, V] float32, new (k, v) each [L, B, S, K, D] or None)``.
+        """Returns ``(logits [B, T, V] float32, new (k, v) or None)``.
 
         ``positions``: ``[B, T]`` int RoPE positions. ``attend``: ``[B, T, S]`` bool, which
-        keys each query sees (S == T without a cache). ``kv``: the cache's ``(k, v)``; the
-        new tokens are written at slot ``cache_index``.
+        keys each query sees (S == T without a cache). ``kv``: the cache's ``(k, v)``, each a
+        tuple of ``L`` arrays ``[B, K, S, D]``; the new tokens are written at slot
+        ``cache_index``.
         """
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -253,14 +290,30 @@ class CausalLM(nn.Module):
         rope = _rope_tables(cfg, positions_bt)
 
         layer = nn.remat(DecoderLayer, prevent_cse=False) if self.remat else DecoderLayer
-        stack = nn.scan(
-            layer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
-            length=cfg.num_layers,
-        )
-        h_bte, new_kv = stack(cfg, name="layers", **kw)(h_bte, rope, attend_bts, kv, cache_index)
+        kw_layer = dict(kw, fused_projections=self.fused_projections)
+        if self.scan_layers:
+            stack = nn.scan(
+                layer,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                length=cfg.num_layers,
+            )
+            stacked_kv = None if kv is None else (jnp.stack(kv[0]), jnp.stack(kv[1]))
+            h_bte, new_kv = stack(cfg, name="layers", **kw_layer)(h_bte, rope, attend_bts, stacked_kv, cache_index)
+            if new_kv is not None:
+                new_kv = (tuple(new_kv[0]), tuple(new_kv[1]))
+        else:
+            new_k, new_v = [], []
+            for i in range(cfg.num_layers):
+                layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+                h_bte, layer_new_kv = layer(cfg, name=f"layers_{i}", **kw_layer)(
+                    h_bte, rope, attend_bts, layer_kv, cache_index
+                )
+                if layer_new_kv is not None:
+                    new_k.append(layer_new_kv[0])
+                    new_v.append(layer_new_kv[1])
+            new_kv = None if kv is None else (tuple(new_k), tuple(new_v))
         h_bte = RMSNorm(cfg.rms_norm_eps, name="final_norm", **kw)(h_bte)
         if self.return_hidden:
             return h_bte, new_kv
@@ -348,6 +401,56 @@ def forward_cached(
     attend = _attend_mask(mask, query_slots, slots, model.config.sliding_window)
     logits, (k, v) = model.apply({"params": params}, input_ids, positions, attend, (cache.k, cache.v), cache_index)
     return logits, KVCache(k, v, mask)
+
+
+def unstack_layers(params: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
+    """Params for ``CausalLM(scan_layers=False)``: ``layers`` ``[L, ...]`` -> ``layers_0`` ... ``layers_{L-1}``.
+
+    Each layer's arrays are copies (separate buffers) when run under ``jit``.
+    """
+    out = {name: value for name, value in params.items() if name != "layers"}
+    for i in range(num_layers):
+        out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+    return out
+
+
+def fuse_projections(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Params for ``fused_projections=True`` from unfused ones (stacked or per-layer).
+
+    In every layer, ``attn/{q,k,v}`` become ``attn/qkv`` (kernels concatenated on the heads
+    axis, biases too) and ``mlp/{gate,up}`` become ``mlp/gate_up`` (concatenated on the
+    output axis). Both axes are counted from the end, so stacked ``[L, ...]`` leaves work too.
+    """
+
+    def fuse_layer(layer: Mapping[str, Any]) -> dict[str, Any]:
+        attn, mlp = layer["attn"], layer["mlp"]
+        qkv = {"kernel": jnp.concatenate([attn[n]["kernel"] for n in "qkv"], axis=-2)}
+        if "bias" in attn["q"]:
+            qkv["bias"] = jnp.concatenate([attn[n]["bias"] for n in "qkv"], axis=-2)
+        gate_up = {"kernel": jnp.concatenate([mlp["gate"]["kernel"], mlp["up"]["kernel"]], axis=-1)}
+        return {
+            **layer,
+            "attn": {"qkv": qkv, "o": attn["o"]},
+            "mlp": {"gate_up": gate_up, "down": mlp["down"]},
+        }
+
+    return {
+        name: fuse_layer(value) if name == "layers" or name.startswith("layers_") else value
+        for name, value in params.items()
+    }
+
+
+def decode_model_and_params(model: CausalLM, params: Mapping[str, Any]) -> tuple[CausalLM, dict[str, Any]]:
+    """The layout a decode loop should run: layers unrolled, projections fused.
+
+    Returns ``(model', params')`` computing the same function as ``(model, params)``
+    (stacked, unfused). Call it once, outside the loop: under ``jit`` the new params are one
+    copy of the layer weights, made before the first token.
+    """
+    if not model.scan_layers or model.fused_projections:
+        raise ValueError("decode_model_and_params expects a scanned, unfused model")
+    params = fuse_projections(unstack_layers(params, model.config.num_layers))
+    return model.clone(scan_layers=False, fused_projections=True), params
 
 
 def init_params(model: CausalLM, rng: Array) -> Any:
