@@ -35,13 +35,17 @@ def optimizer_config(learning_rate: float, max_grad_norm: float = 1.0) -> ml_col
     )
 
 
-def collate(pairs: Sequence[Mapping[str, Sequence[int]]], batch_size: int, seq_len: int, pad_id: int) -> list[Any]:
-    """Right-padded ``(groups, extras)`` per batch, all of length ``seq_len``."""
+def collate(
+    pairs: Sequence[Mapping[str, Sequence[int]]], batch_size: int, seq_len: int, pad_id: int, *, share_prompt: bool
+) -> list[Any]:
+    """Right-padded ``(groups, extras)`` per batch, all of length ``seq_len``; with
+    ``share_prompt`` (jaxpref's default, ``config.share_prompt``) each pair is also packed
+    behind one copy of its prompt."""
     examples = [PairExample(p["prompt"], p["chosen"], p["rejected"]) for p in pairs]
     batches = []
     for i in range(0, len(examples), batch_size):
-        groups, extras = batch_groups(collate_pairs(examples[i : i + batch_size], pad_id=pad_id, buckets=[seq_len]))
-        batches.append((groups, extras))
+        batch = collate_pairs(examples[i : i + batch_size], pad_id=pad_id, buckets=[seq_len])
+        batches.append(batch_groups(batch, share_prompt=share_prompt, pad_id=pad_id))
     return batches
 
 

@@ -125,7 +125,11 @@ def main(argv: list[str]) -> None:
         param_dtype=dtype_of(preset.param_dtype),
         remat=args.remat,
     )
-    batches = collate(harness.make_pairs(preset, 1 + preset.steps), preset.batch_size, preset.seq_len, harness.PAD_ID)
+    # Unpacked pairs: the FLOP count below assumes every sequence runs in full.
+    batches = collate(
+        harness.make_pairs(preset, 1 + preset.steps), preset.batch_size, preset.seq_len, harness.PAD_ID,
+        share_prompt=False,
+    )
     bench = DPOBench(model, params, learning_rate=1e-5, beta=0.1, total_steps=1 + preset.steps)
     del params
     timing = time_dpo(bench, batches, steps=preset.steps)

@@ -22,7 +22,14 @@ log-probs are computed once before training and fed as inputs, and the reference
 dropped — what ``python -m jaxpref.main`` does by default for DPO/IPO/KTO/SLiC with a frozen
 reference (``config.precompute_ref_logps``). TRL's default (``precompute_ref_log_probs=False``)
 is the reference model inside every step, so the row "jaxpref default vs TRL default" compares
-the two frameworks as a user runs them; "reference in step" compares the same computation.
+the two frameworks as a user runs them; "reference in step" compares the same loss with the
+reference forward in the step on both sides.
+
+Both jaxpref processes use jaxpref's default ``config.share_prompt=True``: each pair is packed
+as ``[prompt][chosen][rejected]`` so the prompt runs through the model once, with the LM head
+only on completion tokens (``jaxpref.batches.pack_shared_prompt``); the log-probs, losses and
+gradients are the same, and the loss parity check against TRL still applies. Throughput counts
+the same tokens as TRL's (prompts in both sequences). ``--no-share-prompt`` turns it off.
 """
 
 from __future__ import annotations
@@ -64,7 +71,8 @@ def jaxpref_worker(spec: dict[str, Any]) -> dict[str, Any]:
     baseline_rss = harness.current_rss_mb()
     model, params = load_pretrained(spec["model_dir"])
     model = model.clone(remat=spec["remat"])
-    batches = collate(spec["pairs"], spec["batch_size"], spec["seq_len"], harness.PAD_ID)
+    batches = collate(spec["pairs"], spec["batch_size"], spec["seq_len"], harness.PAD_ID,
+                      share_prompt=spec["share_prompt"])
     total_steps = 1 + spec["steps"]  # as TRL's max_steps
     bench = DPOBench(model, params, learning_rate=spec["lr"], beta=spec["beta"], total_steps=total_steps)
     del params
@@ -248,6 +256,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--remat", action="store_true", help="recompute activations: jaxpref remat=True, TRL gradient_checkpointing"
     )
+    parser.add_argument(
+        "--no-share-prompt",
+        dest="share_prompt",
+        action="store_false",
+        help="jaxpref runs chosen and rejected as separate sequences (config.share_prompt=False)",
+    )
     return parser.parse_args(argv)
 
 
@@ -328,7 +342,8 @@ def report(settings: dict[str, Any], summary: dict[str, Any], runs: dict[str, li
     }
     return "\n".join(
         [
-            f"size={settings['size']} remat={settings['remat']} params={settings['params']:,} "
+            f"size={settings['size']} remat={settings['remat']} share_prompt={settings['jaxpref_share_prompt']} "
+            f"params={settings['params']:,} "
             f"batch={settings['batch_size']} pairs "
             f"seq_len={settings['seq_len']} timed_steps={settings['steps']} repeats={settings['repeats']}",
             harness.format_table(headers, rows),
@@ -360,6 +375,7 @@ def main(argv: list[str]) -> None:
             "beta": args.beta,
             "seed": args.seed,
             "remat": args.remat,
+            "share_prompt": args.share_prompt,
         }
         prepared = harness.run_worker(__file__, "prepare", spec, workdir)
         runs = harness.run_alternating(__file__, FRAMEWORKS, preset.repeats, lambda name: spec, workdir)
@@ -370,6 +386,7 @@ def main(argv: list[str]) -> None:
         "model": dict(preset.model),
         "dtype": "float32",
         "remat": args.remat,
+        "jaxpref_share_prompt": args.share_prompt,
         "batch_size": preset.batch_size,
         "prompt_len_max": preset.prompt_len,
         "completion_len_max": preset.completion_len,

@@ -49,6 +49,30 @@ class UnpairedBatch(NamedTuple):
     kl_completion_mask: np.ndarray
 
 
+class SharedPromptPairs(NamedTuple):
+    """The pairs of a ``PairedBatch`` packed so that each prompt is run once.
+
+    Row b is ``[prompt][chosen completion][rejected completion][padding]`` (length ``Tp``);
+    ``jaxpref.train_step.shared_prompt_logps`` lets chosen tokens see the prompt and earlier
+    chosen tokens, rejected tokens the prompt and earlier rejected tokens, each with the
+    RoPE positions they have in their own sequence, so the log-probs equal those of the two
+    separate sequences while the prompt's layers run once instead of twice.
+
+    ``ids``, ``positions``, ``segment``: ``[B, Tp]`` int32; segment 0 padding, 1 prompt,
+    2 chosen, 3 rejected.
+    ``target_ids``, ``source_index``, ``target_segment``: ``[B, N]`` int32, one entry per
+    scored completion token: its id, the packed index whose output predicts it (the
+    previous token of its own sequence), and its segment (0 on padding entries).
+    """
+
+    ids: np.ndarray
+    positions: np.ndarray
+    segment: np.ndarray
+    target_ids: np.ndarray
+    source_index: np.ndarray
+    target_segment: np.ndarray
+
+
 class PairExample(NamedTuple):
     """One tokenized preference pair (lists of token ids, no padding)."""
 
@@ -150,3 +174,67 @@ def pairs_to_unpaired(examples: Sequence[PairExample]) -> list[UnpairedExample]:
         out.append(UnpairedExample(e.prompt, e.chosen, True))
         out.append(UnpairedExample(e.prompt, e.rejected, False))
     return out
+
+
+PROMPT, CHOSEN, REJECTED = 1, 2, 3  # SharedPromptPairs.segment values (0 is padding)
+
+
+def packed_length(n: int, smallest: int = 16) -> int:
+    """Smallest of 16, 24, 32, 48, 64, 96, ... (powers of two and 1.5x them) >= ``n``."""
+    b = smallest
+    while True:
+        for candidate in (b, b * 3 // 2):
+            if n <= candidate:
+                return candidate
+        b *= 2
+
+
+def pack_shared_prompt(batch: PairedBatch, *, pad_id: int = 0) -> SharedPromptPairs:
+    """Packs each pair of ``batch`` (right-padded, one prompt per row) behind one copy of its prompt.
+
+    A completion token is scored when it is not the first token of its sequence, as in
+    ``losses.sequence_logps``. Raises ``ValueError`` naming the row if a row's chosen and
+    rejected prompts differ. ``Tp`` and ``N`` are rounded up by ``packed_length`` so that
+    few shapes are compiled.
+    """
+    rows = []
+    for b in range(batch.chosen_ids.shape[0]):
+        parts = {}
+        for name, ids, attn, comp in (
+            ("chosen", batch.chosen_ids[b], batch.chosen_attention_mask[b], batch.chosen_completion_mask[b]),
+            ("rejected", batch.rejected_ids[b], batch.rejected_attention_mask[b], batch.rejected_completion_mask[b]),
+        ):
+            real, in_completion = attn.astype(bool), comp.astype(bool)
+            parts[name] = (ids[real & ~in_completion], ids[in_completion])
+        prompt = parts["chosen"][0]
+        if not np.array_equal(prompt, parts["rejected"][0]):
+            raise ValueError(f"row {b}: the chosen and rejected sequences have different prompts")
+        rows.append((prompt, parts["chosen"][1], parts["rejected"][1]))
+
+    length = packed_length(max(len(p) + len(c) + len(r) for p, c, r in rows))
+    width = packed_length(max(len(c) + len(r) for _, c, r in rows))
+    n = len(rows)
+    ids = np.full((n, length), pad_id, np.int32)
+    positions = np.zeros((n, length), np.int32)
+    segment = np.zeros((n, length), np.int32)
+    target_ids = np.full((n, width), pad_id, np.int32)
+    source_index = np.zeros((n, width), np.int32)
+    target_segment = np.zeros((n, width), np.int32)
+    for b, (prompt, chosen, rejected) in enumerate(rows):
+        lp = len(prompt)
+        ids[b, :lp], positions[b, :lp], segment[b, :lp] = prompt, np.arange(lp), PROMPT
+        start, k = lp, 0
+        for seg, completion in ((CHOSEN, chosen), (REJECTED, rejected)):
+            lc = len(completion)
+            ids[b, start : start + lc] = completion
+            positions[b, start : start + lc] = lp + np.arange(lc)
+            segment[b, start : start + lc] = seg
+            for j in range(lc):
+                if lp + j == 0:
+                    continue  # the first token of a sequence is never predicted
+                target_ids[b, k] = completion[j]
+                source_index[b, k] = start + j - 1 if j > 0 else lp - 1
+                target_segment[b, k] = seg
+                k += 1
+            start += lc
+    return SharedPromptPairs(ids, positions, segment, target_ids, source_index, target_segment)

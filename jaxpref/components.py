@@ -151,15 +151,20 @@ def make_optimizer(ocfg, total_steps: int) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(ocfg.max_grad_norm), opt)
 
 
-def precompute_reference(model, ref_params, examples: list[PairExample], *, pad_id: int, buckets, batch_size: int):
-    """Reference log-probs of every pair, once: ``{"chosen": [N], "rejected": [N]}`` float32."""
+def precompute_reference(model, ref_params, examples: list[PairExample], *, pad_id: int, buckets, batch_size: int,
+                         share_prompt: bool = False):
+    """Reference log-probs of every pair, once: ``{"chosen": [N], "rejected": [N]}`` float32.
+
+    ``share_prompt``: score each pair packed behind one copy of its prompt (``config.share_prompt``).
+    """
     fn = jax.jit(lambda p, g: reference_logps(model, p, g, ("chosen", "rejected")))
     out = {"chosen": [], "rejected": []}
     for start in batch_starts(len(examples), batch_size, "reference log-probs"):
         chunk = examples[start : start + batch_size]
         n_real = len(chunk)
         chunk = chunk + [chunk[-1]] * (batch_size - n_real)  # one shape per bucket: few compiles
-        groups, _ = batch_groups(collate_pairs(chunk, pad_id=pad_id, buckets=buckets))
+        groups, _ = batch_groups(collate_pairs(chunk, pad_id=pad_id, buckets=buckets), share_prompt=share_prompt,
+                                 pad_id=pad_id)
         logps = fn(ref_params, groups)
         for k in out:
             out[k].append(np.asarray(logps[k])[:n_real])

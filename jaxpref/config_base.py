@@ -85,6 +85,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.ref_update_alpha = 1.0
     # With a frozen reference, compute its log-probs once before training.
     c.precompute_ref_logps = True
+    # Pairs: run each prompt once, chosen and rejected completions packed behind it
+    # (jaxpref.batches.pack_shared_prompt); same log-probs, fewer tokens through the model.
+    c.share_prompt = True
 
     c.optimizer = ml_collections.ConfigDict(
         dict(name="adamw", learning_rate=3e-4, warmup_steps=20, weight_decay=0.0, max_grad_norm=1.0)

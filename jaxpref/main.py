@@ -109,7 +109,8 @@ def run_offline(cfg, workdir: str, policy: components.Policy, mesh, rules) -> tu
     ref_table = None
     if use_precomputed:
         ref_table = components.precompute_reference(model, sft_params, examples, pad_id=policy.pad_id,
-                                                    buckets=buckets, batch_size=cfg.batch_size)
+                                                    buckets=buckets, batch_size=cfg.batch_size,
+                                                    share_prompt=cfg.share_prompt)
 
     # --- Step -------------------------------------------------------------------------------
     tx = components.make_optimizer(cfg.optimizer, cfg.num_steps)
@@ -135,7 +136,7 @@ def run_offline(cfg, workdir: str, policy: components.Policy, mesh, rules) -> tu
 
     # --- Loop -------------------------------------------------------------------------------
     def batch_at(step):
-        groups, extras = batch_groups(stream.batch_at(step))
+        groups, extras = batch_groups(stream.batch_at(step), share_prompt=cfg.share_prompt, pad_id=policy.pad_id)
         if ref_table is not None:
             idx = stream.global_indices(step).reshape(stream.process_count, -1)[stream.process_index]
             extras = {**extras, **{f"ref_{k}": v[idx] for k, v in ref_table.items()}}

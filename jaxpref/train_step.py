@@ -1,7 +1,8 @@
 """The jitted train steps: one for every preference objective, one for SFT.
 
 A step runs a single fused forward over all sequence groups of the batch (chosen and rejected
-concatenated along the batch axis, plus any extra group the objective needs), a reference
+concatenated along the batch axis, plus any extra group the objective needs; or, with
+``share_prompt``, each pair packed behind one copy of its prompt), a reference
 forward without gradient (skipped when reference log-probs were precomputed), the loss from
 ``jaxpref.objectives``, the optimizer update, and the trust-region reference update.
 Non-finite losses or gradients leave params and optimizer state untouched (counted in
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxpref.batches import PairedBatch, UnpairedBatch
+from jaxpref.batches import CHOSEN, PROMPT, REJECTED, PairedBatch, SharedPromptPairs, UnpairedBatch, pack_shared_prompt
 from jaxpref.losses import completion_lengths, sequence_logps
 from jaxpref.models import forward
 from jaxpref.objectives import LossHParams, LossInputs, Objective, Sequences
@@ -26,13 +27,25 @@ Groups = Mapping[str, Sequences]
 Extras = Mapping[str, jax.Array]
 
 
-def batch_groups(batch: PairedBatch | UnpairedBatch) -> tuple[dict[str, Sequences], dict[str, jax.Array]]:
-    """Splits a collated batch into sequence groups and per-example extras."""
+SHARED_PROMPT = "shared_prompt"  # groups key of the packed pairs (``batches.SharedPromptPairs``)
+
+
+def batch_groups(
+    batch: PairedBatch | UnpairedBatch, *, share_prompt: bool = False, pad_id: int = 0
+) -> tuple[dict[str, Sequences], dict[str, jax.Array]]:
+    """Splits a collated (host) batch into sequence groups and per-example extras.
+
+    ``share_prompt``: pairs also get ``groups[SHARED_PROMPT]`` (``batches.pack_shared_prompt``),
+    and ``grouped_logps`` then scores chosen and rejected from it, running each prompt once.
+    """
     if isinstance(batch, PairedBatch):
-        return {
+        groups = {
             "chosen": Sequences(batch.chosen_ids, batch.chosen_attention_mask, batch.chosen_completion_mask),
             "rejected": Sequences(batch.rejected_ids, batch.rejected_attention_mask, batch.rejected_completion_mask),
-        }, {}
+        }
+        if share_prompt:
+            groups[SHARED_PROMPT] = pack_shared_prompt(batch, pad_id=pad_id)
+        return groups, {}
     if isinstance(batch, UnpairedBatch):
         return {
             "completion": Sequences(batch.ids, batch.attention_mask, batch.completion_mask),
@@ -41,12 +54,40 @@ def batch_groups(batch: PairedBatch | UnpairedBatch) -> tuple[dict[str, Sequence
     raise TypeError(f"unsupported batch type {type(batch).__name__}")
 
 
+def shared_prompt_logps(model, params, packed: SharedPromptPairs) -> dict[str, jax.Array]:
+    """``{"chosen": [B], "rejected": [B]}`` summed completion log-probs from packed pairs.
+
+    One forward over ``[B, Tp]``: a token sees the earlier tokens of the prompt and of its
+    own completion (sliding windows by position distance); the LM head runs only at the
+    ``[B, N]`` outputs that score completion tokens. Equal to ``grouped_logps`` on the
+    unpacked sequences up to float rounding.
+    """
+    seg, pos = packed.segment, packed.positions
+    index = jnp.arange(seg.shape[1])
+    same_branch = (seg[:, None, :] == PROMPT) | (seg[:, None, :] == seg[:, :, None])
+    attend = same_branch & (index[None, None, :] <= index[None, :, None]) & (seg[:, None, :] > 0)
+    if model.config.sliding_window is not None:
+        attend &= (pos[:, :, None] - pos[:, None, :]) < model.config.sliding_window
+    logits, _ = model.apply({"params": params}, packed.ids, pos, attend, output_index=packed.source_index)
+    logits = logits.astype(jnp.float32)
+    target_logits = jnp.take_along_axis(logits, packed.target_ids[..., None], axis=-1)[..., 0]
+    token_logps = target_logits - jax.nn.logsumexp(logits, axis=-1)
+    return {
+        name: jnp.sum(jnp.where(packed.target_segment == seg_id, token_logps, 0.0), axis=-1)
+        for name, seg_id in (("chosen", CHOSEN), ("rejected", REJECTED))
+    }
+
+
 def grouped_logps(model, params, groups: Groups, names: tuple[str, ...]) -> dict[str, jax.Array]:
     """Completion log-probs of every group from one fused forward.
 
-    All groups must share ``[B, T]``; the forward sees ``[len(names) * B, T]``.
+    All groups must share ``[B, T]``; the forward sees ``[len(names) * B, T]``. If the
+    groups hold packed pairs (``batch_groups(share_prompt=True)``) and ``names`` are chosen
+    and rejected, ``shared_prompt_logps`` is used instead.
     Returns ``{name: [B] float32}``.
     """
+    if SHARED_PROMPT in groups and sorted(names) == ["chosen", "rejected"]:
+        return shared_prompt_logps(model, params, groups[SHARED_PROMPT])
     ids = jnp.concatenate([groups[n].ids for n in names], axis=0)
     attn = jnp.concatenate([groups[n].attention_mask for n in names], axis=0)
     comp = jnp.concatenate([groups[n].completion_mask for n in names], axis=0)

@@ -222,3 +222,57 @@ def test_compile_ahead_matches_jit_and_reuses_executables():
     assert float(s3) == 33.0 + 56.0
     assert calls == [(4,), (8,)] and len(wrapped._executables) == 2
     assert isinstance(release_free_heap(), bool)
+
+
+def _random_pairs(rng, n, vocab, *, max_prompt, max_completion):
+    """Pairs with varied prompt (including empty) and completion lengths."""
+    def tokens(lo, hi):
+        return rng.integers(2, vocab, size=int(rng.integers(lo, hi + 1))).tolist()
+
+    return [PairExample(tokens(0 if i == 0 else 1, max_prompt), tokens(1, max_completion), tokens(1, max_completion))
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral_window", "qwen2"])
+def test_shared_prompt_logps_equal_separate_sequences(model_type):
+    """Packing each pair behind one prompt (with gradients) gives the unpacked log-probs."""
+    extra = dict(model_type="mistral", sliding_window=4) if model_type == "mistral_window" else {}
+    if model_type == "qwen2":
+        extra = dict(model_type="qwen2", tie_word_embeddings=False)
+    model, params = init_model({**CFG, **extra}, seed=3)
+    params = jax.tree.map(lambda x: x * 4.0, params)  # sharper distributions than at init
+    pairs = _random_pairs(np.random.default_rng(0), 6, CFG["vocab_size"], max_prompt=9, max_completion=7)
+    groups, _ = batch_groups(collate_pairs(pairs, pad_id=0, buckets=[24]), share_prompt=True)
+    packed = groups["shared_prompt"]
+    assert packed.ids.shape[1] < 2 * 24  # the prompt is stored once
+    separate = {n: groups[n] for n in ("chosen", "rejected")}
+
+    def total(p, g):
+        logps = grouped_logps(model, p, g, ("chosen", "rejected"))
+        return jnp.sum(logps["chosen"] * 1.3 - logps["rejected"]), logps
+
+    (want, want_logps), want_grads = jax.value_and_grad(total, has_aux=True)(params, separate)
+    (got, got_logps), got_grads = jax.value_and_grad(total, has_aux=True)(params, groups)
+    for name in ("chosen", "rejected"):
+        np.testing.assert_allclose(got_logps[name], want_logps[name], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), got_grads, want_grads)
+
+
+def test_pack_shared_prompt_layout_and_errors():
+    from jaxpref.batches import pack_shared_prompt, packed_length
+
+    batch = collate_pairs([PairExample([5, 6], [7, 8, 9], [10])], pad_id=0, buckets=[8])
+    packed = pack_shared_prompt(batch)
+    assert packed.ids[0, :6].tolist() == [5, 6, 7, 8, 9, 10]
+    assert packed.positions[0, :6].tolist() == [0, 1, 2, 3, 4, 2]  # rejected restarts after the prompt
+    assert packed.segment[0, :7].tolist() == [1, 1, 2, 2, 2, 3, 0]
+    # chosen 7, 8, 9 predicted from indices 1, 2, 3; rejected 10 from the prompt's last token (1)
+    assert packed.target_ids[0, :5].tolist() == [7, 8, 9, 10, 0]
+    assert packed.source_index[0, :4].tolist() == [1, 2, 3, 1]
+    assert packed.target_segment[0, :5].tolist() == [2, 2, 2, 3, 0]
+    assert [packed_length(n) for n in (1, 17, 25, 33, 49, 97)] == [16, 24, 32, 48, 64, 128]
+    bad = batch._replace(rejected_ids=batch.rejected_ids.copy())
+    bad.rejected_ids[0, 0] = 99
+    with pytest.raises(ValueError, match="row 0"):
+        pack_shared_prompt(bad)

@@ -269,13 +269,15 @@ class CausalLM(nn.Module):
         attend_bts: Array,
         kv: tuple[Array, Array] | None = None,
         cache_index: Array | None = None,
+        output_index: Array | None = None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
         """Returns ``(logits [B, T, V] float32, new (k, v) or None)``.
 
         ``positions``: ``[B, T]`` int RoPE positions. ``attend``: ``[B, T, S]`` bool, which
         keys each query sees (S == T without a cache). ``kv``: the cache's ``(k, v)``, each a
         tuple of ``L`` arrays ``[B, K, S, D]``; the new tokens are written at slot
-        ``cache_index``.
+        ``cache_index``. ``output_index``: ``[B, N]`` int; if given, only the outputs at
+        these positions are computed (logits ``[B, N, V]``), e.g. those that score tokens.
         """
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -315,6 +317,8 @@ class CausalLM(nn.Module):
                     new_v.append(layer_new_kv[1])
             new_kv = None if kv is None else (tuple(new_k), tuple(new_v))
         h_bte = RMSNorm(cfg.rms_norm_eps, name="final_norm", **kw)(h_bte)
+        if output_index is not None:
+            h_bte = jnp.take_along_axis(h_bte, output_index[..., None], axis=1)
         if self.return_hidden:
             return h_bte, new_kv
 
