@@ -8,7 +8,8 @@ the layout); call the model through ``forward`` (training / scoring) or ``forwar
 For decoding, ``CausalLM(scan_layers=False)`` runs the layers as ``L`` separate modules
 (``layers_0`` ... params, from ``unstack_layers``): inside a decode loop each layer then reads
 its own weight and cache buffers, where a scan would copy layer ``l``'s slice out of the
-stacked arrays at every token.
+stacked arrays at every token. ``decode_model_and_params`` also fuses q/k/v and gate/up
+(``fused_projections``); ``sampling.generate`` uses it.
 
 Shape letters: B batch, T new tokens, S cache slots (keys), L layers, E hidden size,
 H query heads, K key/value heads, G = H // K, D head dim, F MLP size, V vocabulary.
