@@ -189,13 +189,27 @@ def packed_length(n: int, smallest: int = 16) -> int:
         b *= 2
 
 
-def pack_shared_prompt(batch: PairedBatch, *, pad_id: int = 0) -> SharedPromptPairs:
+def packed_sizes(examples: Sequence[PairExample]) -> tuple[int, int]:
+    """``(Tp, N)`` that ``pack_shared_prompt`` needs for these pairs (rounded by ``packed_length``).
+
+    With several processes, compute it over the global batch and pass it to every process's
+    ``pack_shared_prompt`` so all of them build the same shapes (``BatchStream.packed_sizes``).
+    """
+    length = max(len(e.prompt) + len(e.chosen) + len(e.rejected) for e in examples)
+    width = max(len(e.chosen) + len(e.rejected) for e in examples)
+    return packed_length(length), packed_length(width)
+
+
+def pack_shared_prompt(
+    batch: PairedBatch, *, pad_id: int = 0, sizes: tuple[int, int] | None = None
+) -> SharedPromptPairs:
     """Packs each pair of ``batch`` (right-padded, one prompt per row) behind one copy of its prompt.
 
     A completion token is scored when it is not the first token of its sequence, as in
     ``losses.sequence_logps``. Raises ``ValueError`` naming the row if a row's chosen and
-    rejected prompts differ. ``Tp`` and ``N`` are rounded up by ``packed_length`` so that
-    few shapes are compiled.
+    rejected prompts differ. ``sizes``: ``(Tp, N)``, e.g. ``packed_sizes`` of the global
+    batch; by default this batch's own, rounded up by ``packed_length`` so that few shapes
+    are compiled.
     """
     rows = []
     for b in range(batch.chosen_ids.shape[0]):
@@ -211,8 +225,9 @@ def pack_shared_prompt(batch: PairedBatch, *, pad_id: int = 0) -> SharedPromptPa
             raise ValueError(f"row {b}: the chosen and rejected sequences have different prompts")
         rows.append((prompt, parts["chosen"][1], parts["rejected"][1]))
 
-    length = packed_length(max(len(p) + len(c) + len(r) for p, c, r in rows))
-    width = packed_length(max(len(c) + len(r) for _, c, r in rows))
+    length, width = sizes or packed_sizes([PairExample(*row) for row in rows])
+    if any(len(p) + len(c) + len(r) > length or len(c) + len(r) > width for p, c, r in rows):
+        raise ValueError(f"a pair does not fit the packed sizes (Tp, N) = {(length, width)}")
     n = len(rows)
     ids = np.full((n, length), pad_id, np.int32)
     positions = np.zeros((n, length), np.int32)

@@ -136,7 +136,8 @@ def run_offline(cfg, workdir: str, policy: components.Policy, mesh, rules) -> tu
 
     # --- Loop -------------------------------------------------------------------------------
     def batch_at(step):
-        groups, extras = batch_groups(stream.batch_at(step), share_prompt=cfg.share_prompt, pad_id=policy.pad_id)
+        groups, extras = batch_groups(stream.batch_at(step), share_prompt=cfg.share_prompt, pad_id=policy.pad_id,
+                                      packed_sizes=stream.packed_sizes(step) if cfg.share_prompt else None)
         if ref_table is not None:
             idx = stream.global_indices(step).reshape(stream.process_count, -1)[stream.process_index]
             extras = {**extras, **{f"ref_{k}": v[idx] for k, v in ref_table.items()}}

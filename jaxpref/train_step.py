@@ -31,12 +31,18 @@ SHARED_PROMPT = "shared_prompt"  # groups key of the packed pairs (``batches.Sha
 
 
 def batch_groups(
-    batch: PairedBatch | UnpairedBatch, *, share_prompt: bool = False, pad_id: int = 0
+    batch: PairedBatch | UnpairedBatch,
+    *,
+    share_prompt: bool = False,
+    pad_id: int = 0,
+    packed_sizes: tuple[int, int] | None = None,
 ) -> tuple[dict[str, Sequences], dict[str, jax.Array]]:
     """Splits a collated (host) batch into sequence groups and per-example extras.
 
     ``share_prompt``: pairs also get ``groups[SHARED_PROMPT]`` (``batches.pack_shared_prompt``),
     and ``grouped_logps`` then scores chosen and rejected from it, running each prompt once.
+    ``packed_sizes``: the global batch's ``(Tp, N)`` when several processes each pack a slice
+    (``BatchStream.packed_sizes``).
     """
     if isinstance(batch, PairedBatch):
         groups = {
@@ -44,7 +50,7 @@ def batch_groups(
             "rejected": Sequences(batch.rejected_ids, batch.rejected_attention_mask, batch.rejected_completion_mask),
         }
         if share_prompt:
-            groups[SHARED_PROMPT] = pack_shared_prompt(batch, pad_id=pad_id)
+            groups[SHARED_PROMPT] = pack_shared_prompt(batch, pad_id=pad_id, sizes=packed_sizes)
         return groups, {}
     if isinstance(batch, UnpairedBatch):
         return {

@@ -84,9 +84,15 @@ def single_device_run(compiler_options: dict | None = None) -> dict:
     stream = BatchStream(TASK.preference_dataset(seed=0, n=64), batch_size=BATCH_SIZE, pad_id=0, buckets=BUCKETS)
     losses = []
     for i in range(STEPS):
-        state, metrics = step_fn(state, *batch_groups(stream.batch_at(i)))
+        state, metrics = step_fn(state, *packed_groups(stream, i))
         losses.append(float(metrics["loss"]))
     return {"losses": losses, "params": flat_numpy(state.params)}
+
+
+def packed_groups(stream: BatchStream, step: int):
+    """This process's ``(groups, extras)`` for ``step``, pairs packed behind their prompt with
+    the global batch's packed sizes (as ``jaxpref.main`` does by default)."""
+    return batch_groups(stream.batch_at(step), share_prompt=True, packed_sizes=stream.packed_sizes(step))
 
 
 def greedy_samples(params, batch) -> SampleOutput:
@@ -111,7 +117,7 @@ def train(mesh, steps: int = STEPS):
     stream = batch_stream()
     losses = []
     for i in range(steps):
-        groups, extras = batch_groups(stream.batch_at(i))
+        groups, extras = packed_groups(stream, i)
         state, metrics = step_fn(state, sharding.global_batch(groups, mesh), sharding.global_batch(extras, mesh))
         losses.append(float(metrics["loss"]))
     return losses, state, shardings, step_fn

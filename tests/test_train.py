@@ -276,3 +276,23 @@ def test_pack_shared_prompt_layout_and_errors():
     bad.rejected_ids[0, 0] = 99
     with pytest.raises(ValueError, match="row 0"):
         pack_shared_prompt(bad)
+
+
+def test_packed_shapes_agree_across_processes():
+    """Each process packs its slice of the global batch with the global batch's sizes."""
+    from jaxpref.batches import pack_shared_prompt, packed_sizes
+    from jaxpref.data import BatchStream
+
+    pairs = _random_pairs(np.random.default_rng(1), 16, CFG["vocab_size"], max_prompt=12, max_completion=9)
+    streams = [BatchStream(pairs, batch_size=8, pad_id=0, buckets=[32], process_index=i, process_count=2)
+               for i in (0, 1)]
+    for step in range(3):
+        sizes = streams[0].packed_sizes(step)
+        assert sizes == streams[1].packed_sizes(step)
+        shapes = {batch_groups(s.batch_at(step), share_prompt=True, packed_sizes=sizes)[0]["shared_prompt"].ids.shape
+                  for s in streams}
+        assert shapes == {(4, sizes[0])}
+    batch = collate_pairs(pairs[:4], pad_id=0, buckets=[32])
+    length, width = packed_sizes(pairs[:4])
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_shared_prompt(batch, sizes=(length, 1))

@@ -29,6 +29,7 @@ from jaxpref.batches import (
     bucket_length,
     collate_pairs,
     collate_unpaired,
+    packed_sizes,
 )
 
 Example = PairExample | UnpairedExample
@@ -143,6 +144,13 @@ class BatchStream:
         length = bucket_length(max(self._length(g) for g in groups), self.buckets)
         # A single allowed bucket makes every process pad to the global batch's length.
         return self._collate(groups[self.process_index], pad_id=self.pad_id, buckets=(length,))
+
+    def packed_sizes(self, step: int) -> tuple[int, int] | None:
+        """``batches.packed_sizes`` of global ``step``'s pairs (the same on every process);
+        ``None`` for unpaired examples."""
+        if self._collate is not collate_pairs:
+            return None
+        return packed_sizes([self.examples[i] for i in self.global_indices(step)])
 
     def iterate(self, start_step: int = 0) -> Iterator[Batch]:
         """Endless batches ``batch_at(start_step)``, ``batch_at(start_step + 1)``, ..."""
