@@ -25,6 +25,13 @@ def _f32(*xs):
     return tuple(jnp.asarray(x, jnp.float32) for x in xs)
 
 
+def token_logps(logits: Array, targets: Array) -> Array:
+    """``log softmax(logits)[target]`` per position, in float32: ``[..., V]``, ``[...]`` -> ``[...]``."""
+    logits = logits.astype(jnp.float32)
+    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return target_logits - jax.nn.logsumexp(logits, axis=-1)
+
+
 def sequence_logps(
     logits: Array, input_ids: Array, completion_mask: Array, average: bool = False
 ) -> Array:
@@ -43,12 +50,8 @@ def sequence_logps(
     Returns:
       ``[B]`` float32 log-probs.
     """
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = input_ids[:, 1:]
     mask = completion_mask[:, 1:].astype(bool)
-    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    token_logps = target_logits - jax.nn.logsumexp(logits, axis=-1)
-    total = jnp.sum(jnp.where(mask, token_logps, 0.0), axis=-1)
+    total = jnp.sum(jnp.where(mask, token_logps(logits[:, :-1], input_ids[:, 1:]), 0.0), axis=-1)
     if average:
         total = total / jnp.maximum(jnp.sum(mask, axis=-1), 1)
     return total

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxpref.batches import CHOSEN, PROMPT, REJECTED, PairedBatch, SharedPromptPairs, UnpairedBatch, pack_shared_prompt
-from jaxpref.losses import completion_lengths, sequence_logps
+from jaxpref.losses import completion_lengths, sequence_logps, token_logps
 from jaxpref.models import forward
 from jaxpref.objectives import LossHParams, LossInputs, Objective, Sequences
 from jaxpref.train_state import TrainState, update_reference
@@ -75,11 +75,9 @@ def shared_prompt_logps(model, params, packed: SharedPromptPairs) -> dict[str, j
     if model.config.sliding_window is not None:
         attend &= (pos[:, :, None] - pos[:, None, :]) < model.config.sliding_window
     logits, _ = model.apply({"params": params}, packed.ids, pos, attend, output_index=packed.source_index)
-    logits = logits.astype(jnp.float32)
-    target_logits = jnp.take_along_axis(logits, packed.target_ids[..., None], axis=-1)[..., 0]
-    token_logps = target_logits - jax.nn.logsumexp(logits, axis=-1)
+    target_logps = token_logps(logits, packed.target_ids)
     return {
-        name: jnp.sum(jnp.where(packed.target_segment == seg_id, token_logps, 0.0), axis=-1)
+        name: jnp.sum(jnp.where(packed.target_segment == seg_id, target_logps, 0.0), axis=-1)
         for name, seg_id in (("chosen", CHOSEN), ("rejected", REJECTED))
     }
 
