@@ -100,7 +100,8 @@ def generate(
     if model.scan_layers and not model.fused_projections:
         model, params = decode_model_and_params(model, params)
     cache = init_cache(model.config, batch, prompt_len + n, dtype=model.dtype)
-    logits, cache = forward_cached(model, params, prompt_ids, prompt_mask, cache, jnp.int32(0))
+    last = jnp.full((batch, 1), prompt_len - 1, jnp.int32)  # the prefill's logits: last position only
+    logits, cache = forward_cached(model, params, prompt_ids, prompt_mask, cache, jnp.int32(0), last)
     row_keys = jax.random.split(rng, batch)
 
     def pick(step_logits, t):

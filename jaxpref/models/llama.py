@@ -386,8 +386,12 @@ def forward_cached(
     attention_mask: Array,
     cache: KVCache,
     cache_index: Array | int,
+    output_index: Array | None = None,
 ) -> tuple[Array, KVCache]:
     """Runs ``T`` new tokens against the cache; returns ``(logits [B, T, V] f32, new cache)``.
+
+    ``output_index`` ``[B, N]`` (positions among the ``T`` new tokens): the LM head runs only
+    there and the logits are ``[B, N, V]`` (a prefill needs only its last position's).
 
     The new tokens fill slots ``[cache_index, cache_index + T)`` (``cache.mask`` there is
     set to ``attention_mask`` ``[B, T]``). Their positions continue each row's count of
@@ -404,7 +408,8 @@ def forward_cached(
     mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask.astype(jnp.int32), (0, cache_index))
     query_slots = cache_index + jnp.arange(num_new)
     attend = _attend_mask(mask, query_slots, slots, model.config.sliding_window)
-    logits, (k, v) = model.apply({"params": params}, input_ids, positions, attend, (cache.k, cache.v), cache_index)
+    logits, (k, v) = model.apply({"params": params}, input_ids, positions, attend, (cache.k, cache.v), cache_index,
+                                 output_index)
     return logits, KVCache(k, v, mask)
 
 
