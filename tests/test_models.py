@@ -272,6 +272,13 @@ def test_cached_decode_matches_full_forward(name, layout):
     assert not cache.mask[:, SEQ_LEN:].any()
     decoded = np.concatenate(pieces, axis=1)
     assert _max_diff_on_real_tokens(decoded, expected, full_mask) <= TOL
+    # output_index: a prefill that runs the LM head only at chosen positions (sampling: the last).
+    picked = np.array([[prompt_len - 1], [2], [prompt_len - 1]], np.int32)
+    fresh = init_cache(model.config, batch_size=3, max_length=SEQ_LEN + 2)
+    only, _ = forward_cached(model, params, ids[:, :prompt_len], prompt_mask, fresh, 0, jnp.asarray(picked))
+    assert only.shape == (3, 1, cfg.vocab_size)
+    np.testing.assert_allclose(only[:, 0], np.take_along_axis(np.asarray(pieces[0]), picked[..., None], 1)[:, 0],
+                               atol=TOL, rtol=0)
 
 
 def test_remat_gives_same_gradients():
