@@ -43,6 +43,17 @@ def validate_config(cfg) -> None:
     _require(cfg.eval.temperature >= 0, "eval.temperature", "must be >= 0")
     _require(0 < cfg.eval.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     _require(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
+    if "active" in cfg and "strategies" in cfg.active:
+        from jaxpref.methods.active import parse_strategies
+
+        try:
+            parse_strategies(cfg.active.strategies)
+        except ValueError as e:
+            raise ConfigError(f"config.{e}") from None
+        for name in ("entropy", "certainty"):
+            if name in cfg.active:
+                _require(cfg.active[name] in ("sequence", "per_token"), f"active.{name}",
+                         f"must be 'sequence' or 'per_token', got {cfg.active[name]!r}")
     if "mesh" in cfg:
         import jax
 

@@ -91,6 +91,11 @@ def test_bad_config_values_fail_before_compiling(tmp_path, cache_dir):
         cfg = toy(load_config("dpo"), cache_dir, **{key: value})
         with pytest.raises(ConfigError, match=match):
             run(cfg, str(tmp_path / "bad"))
+    for key, value, match in [("active.strategies", "random,bald", "config.active.strategies"),
+                              ("active.certainty", "mean", "config.active.certainty")]:
+        cfg = toy(load_config("active_dpo"), cache_dir, **{key: value})
+        with pytest.raises(ConfigError, match=match):
+            run(cfg, str(tmp_path / "bad_active"))
 
 
 def test_cli_overrides_and_typo_rejection(tmp_path, cache_dir):

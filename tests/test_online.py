@@ -10,7 +10,16 @@ import pytest
 from test_main import load_config, toy
 
 from jaxpref.main import run
-from jaxpref.methods.active import pair_certainty, predictive_entropy, select_hybrid, select_random, training_steps
+from jaxpref.methods.active import (
+    pair_certainty,
+    parse_strategies,
+    predictive_entropy,
+    select_certainty,
+    select_entropy,
+    select_hybrid,
+    select_random,
+    training_steps,
+)
 from jaxpref.methods.rso import first_round_pairs, statistical_rejection_sampling, tournament_pairs
 from jaxpref.methods.sppo import preference_matrix, win_rate_estimates
 
@@ -105,6 +114,15 @@ def test_acquisition_functions():
     picks = select_hybrid(entropy, cert, valid, num=1, pool_factor=2)
     assert picks == [(0, 1)]
     assert len(select_random(valid, np.random.default_rng(0), num=2)) == 2
+    # Certainty alone ranks every prompt: prompt 0's pair (0, 2) (1.5) beats prompt 2's best (0.5);
+    # entropy alone takes the highest-entropy prompts in order, with a random valid pair.
+    assert select_certainty(cert, valid, num=2) == [(0, 1), (2, 1)]
+    valid[0] = [False, True, False]
+    picks = select_entropy(entropy, valid, np.random.default_rng(0), num=2)
+    assert [b for b, _ in picks] == [0, 2] and picks[0] == (0, 1)
+    assert parse_strategies("random, certainty") == ("random", "certainty")
+    with pytest.raises(ValueError, match="active.strategies"):
+        parse_strategies("random,bald")
 
 
 # --- one tiny round of every online job --------------------------------------------------

@@ -9,7 +9,12 @@ selects:
   ``entropy_pool_factor * labels_per_step``), then among them the pairs on which
   DPO's implicit preference model is most certain, ``|beta h(y_1) - beta h(y_2)|`` with
   ``h = log pi - log pi_sft``;
-- ``random``: random prompts and a random pair of their completions (the baseline).
+- ``random``: random prompts and a random pair of their completions (the baseline);
+- ``entropy`` and ``certainty``: each half of the hybrid alone (the paper's ablations):
+  the highest-entropy prompts with a random pair, or the most certain pairs of the whole pool.
+
+``active.strategies`` lists the strategies to run (default ``random,hybrid``); each gets the same
+label budget, pools and samples.
 
 After each acquisition the policy is re-trained from SFT with DPO on all labels so far (as in
 the official code) and evaluated, giving a learning curve of win rate against labels. With
@@ -43,15 +48,18 @@ def predictive_entropy(sample_logps_nk: np.ndarray, lengths_nk: np.ndarray | Non
     return -np.mean(sample_logps_nk, axis=1)
 
 
-def pair_certainty(policy_logps_nk: np.ndarray, ref_logps_nk: np.ndarray, *, beta: float) -> tuple[
-        np.ndarray, np.ndarray]:
+def pair_certainty(policy_logps_nk: np.ndarray, ref_logps_nk: np.ndarray, *, beta: float,
+                   lengths_nk: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Implicit-reward certainty of every pair: ``(certainty [n, P], pairs [P, 2])``.
 
-    ``certainty[b, q] = |beta h(y_i) - beta h(y_j)|`` for pair ``q = (i, j)``, ``i < j``.
+    ``certainty[b, q] = |beta h(y_i) - beta h(y_j)|`` for pair ``q = (i, j)``, ``i < j``. With
+    ``lengths_nk`` the implicit reward is per token, ``beta h(y) / |y|`` (as for the entropy).
     """
     k = policy_logps_nk.shape[1]
     ii, jj = np.triu_indices(k, 1)
     rewards = beta * (policy_logps_nk - ref_logps_nk)
+    if lengths_nk is not None:
+        rewards = rewards / np.maximum(lengths_nk, 1)
     return np.abs(rewards[:, ii] - rewards[:, jj]), np.stack([ii, jj], axis=1)
 
 
@@ -67,6 +75,37 @@ def select_hybrid(entropy_n: np.ndarray, certainty_np: np.ndarray, valid_np: np.
             scored.append((float(cert[q]), int(b), q))
     scored.sort(key=lambda t: -t[0])
     return [(b, q) for _, b, q in scored[:num]]
+
+
+def select_entropy(entropy_n: np.ndarray, valid_np: np.ndarray, rng: np.random.Generator, *,
+                   num: int) -> list[tuple[int, int]]:
+    """``num`` picks: the highest-entropy prompts (with a valid pair), each with a random valid pair."""
+    picks = []
+    for b in np.argsort(-entropy_n, kind="stable"):
+        options = np.flatnonzero(valid_np[b])
+        if options.size:
+            picks.append((int(b), int(rng.choice(options))))
+        if len(picks) == num:
+            break
+    return picks
+
+
+def select_certainty(certainty_np: np.ndarray, valid_np: np.ndarray, *, num: int) -> list[tuple[int, int]]:
+    """``num`` picks: the prompts whose most certain valid pair is most certain, over the whole pool."""
+    return select_hybrid(np.zeros(certainty_np.shape[0]), certainty_np, valid_np, num=num,
+                         pool_factor=math.ceil(certainty_np.shape[0] / max(num, 1)))
+
+
+STRATEGIES = ("random", "entropy", "certainty", "hybrid")
+
+
+def parse_strategies(value) -> tuple[str, ...]:
+    """``"random,hybrid"`` (or a sequence) -> ``("random", "hybrid")``; unknown names raise."""
+    names = tuple(n.strip() for n in (value.split(",") if isinstance(value, str) else value) if n.strip())
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown or not names:
+        raise ValueError(f"active.strategies: unknown {unknown or 'empty'}; choose from {', '.join(STRATEGIES)}")
+    return names
 
 
 def select_random(valid_np: np.ndarray, rng: np.random.Generator, *, num: int) -> list[tuple[int, int]]:
@@ -88,10 +127,11 @@ def training_steps(cfg, num_labels: int) -> int:
 
 
 def run(ctx) -> dict:
-    """Runs the hybrid and random strategies with the same label budget; returns both curves."""
+    """Runs every strategy of ``active.strategies`` with the same label budget; returns the curves."""
     cfg, acfg = ctx.cfg, ctx.cfg.active
+    strategies = parse_strategies(acfg.get("strategies", "random,hybrid"))
     curves, finals = {}, {}
-    for strategy in ("random", "hybrid"):
+    for strategy in strategies:
         labelled: list[PairExample] = []
         params = ctx.sft_params
         curve = []
@@ -100,17 +140,24 @@ def run(ctx) -> dict:
             rng_key = jax.random.PRNGKey(cfg.seed * 1000 + a)
             responses, logps = sample_k(ctx.model, params, prompts, acfg.num_samples, rng_key,
                                         pad_id=ctx.pad_id, eos_id=ctx.eos_id, sampling=cfg.sampling)
+            lengths_nk = np.array([[len(y) for y in ys] for ys in responses])
+            per_token = {name: lengths_nk if acfg.get(name, "sequence") == "per_token" else None
+                         for name in ("entropy", "certainty")}
             certainty, pairs = pair_certainty(logps, ctx.score_samples(ctx.sft_params, prompts, responses),
-                                              beta=cfg.beta)
+                                              beta=cfg.beta, lengths_nk=per_token["certainty"])
             valid = np.array([[responses[b][i] != responses[b][j] for i, j in pairs] for b in range(len(prompts))])
             rng = np.random.default_rng([cfg.seed, a, 17])
+            lengths = per_token["entropy"]
+            num = acfg.labels_per_step
             if strategy == "hybrid":
-                lengths = (np.array([[len(y) for y in ys] for ys in responses])
-                           if acfg.get("entropy", "sequence") == "per_token" else None)
-                picks = select_hybrid(predictive_entropy(logps, lengths), certainty, valid, num=acfg.labels_per_step,
+                picks = select_hybrid(predictive_entropy(logps, lengths), certainty, valid, num=num,
                                       pool_factor=acfg.entropy_pool_factor)
+            elif strategy == "entropy":
+                picks = select_entropy(predictive_entropy(logps, lengths), valid, rng, num=num)
+            elif strategy == "certainty":
+                picks = select_certainty(certainty, valid, num=num)
             else:
-                picks = select_random(valid, rng, num=acfg.labels_per_step)
+                picks = select_random(valid, rng, num=num)
             for b, q in picks:
                 y1, y2 = responses[b][pairs[q][0]], responses[b][pairs[q][1]]
                 first_wins = rng.random() < float(ctx.judge.prob([prompts[b]], [y1], [y2])[0])
@@ -125,11 +172,13 @@ def run(ctx) -> dict:
             curve.append(point)
             log.info("active/%s: %d labels -> win rate %.3f", strategy, point["labels"], point["win_rate_vs_sft"])
         curves[strategy], finals[strategy] = curve, params
-    target = curves["random"][-1]["win_rate_vs_sft"]
-    reached = [p["labels"] for p in curves["hybrid"] if p["win_rate_vs_sft"] >= target]
-    return {"params": finals["hybrid"], "extra": {
-        "curves": curves,
-        "random_final_win_rate": target,
-        "hybrid_labels_to_reach_random_final": reached[0] if reached else None,
-        "label_budget": acfg.acquisitions * acfg.labels_per_step,
-    }, "plot": ("active_learning_curve.png", curves)}
+    extra = {"curves": curves, "label_budget": acfg.acquisitions * acfg.labels_per_step}
+    if "random" in curves:
+        target = curves["random"][-1]["win_rate_vs_sft"]
+        extra["random_final_win_rate"] = target
+        for strategy in curves:
+            if strategy != "random":
+                reached = [p["labels"] for p in curves[strategy] if p["win_rate_vs_sft"] >= target]
+                extra[f"{strategy}_labels_to_reach_random_final"] = reached[0] if reached else None
+    main = "hybrid" if "hybrid" in finals else strategies[-1]
+    return {"params": finals[main], "extra": extra, "plot": ("active_learning_curve.png", curves)}
