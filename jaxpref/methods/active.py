@@ -80,14 +80,7 @@ def select_hybrid(entropy_n: np.ndarray, certainty_np: np.ndarray, valid_np: np.
 def select_entropy(entropy_n: np.ndarray, valid_np: np.ndarray, rng: np.random.Generator, *,
                    num: int) -> list[tuple[int, int]]:
     """``num`` picks: the highest-entropy prompts (with a valid pair), each with a random valid pair."""
-    picks = []
-    for b in np.argsort(-entropy_n, kind="stable"):
-        options = np.flatnonzero(valid_np[b])
-        if options.size:
-            picks.append((int(b), int(rng.choice(options))))
-        if len(picks) == num:
-            break
-    return picks
+    return _random_pairs_in_order(np.argsort(-entropy_n, kind="stable"), valid_np, rng, num=num)
 
 
 def select_certainty(certainty_np: np.ndarray, valid_np: np.ndarray, *, num: int) -> list[tuple[int, int]]:
@@ -110,8 +103,14 @@ def parse_strategies(value) -> tuple[str, ...]:
 
 def select_random(valid_np: np.ndarray, rng: np.random.Generator, *, num: int) -> list[tuple[int, int]]:
     """``num`` random prompts, each with a random valid pair."""
+    return _random_pairs_in_order(rng.permutation(valid_np.shape[0]), valid_np, rng, num=num)
+
+
+def _random_pairs_in_order(order: np.ndarray, valid_np: np.ndarray, rng: np.random.Generator, *,
+                           num: int) -> list[tuple[int, int]]:
+    """The first ``num`` prompts of ``order`` that have a valid pair, each with a random one."""
     picks = []
-    for b in rng.permutation(valid_np.shape[0]):
+    for b in order:
         options = np.flatnonzero(valid_np[b])
         if options.size:
             picks.append((int(b), int(rng.choice(options))))
