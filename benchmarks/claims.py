@@ -507,7 +507,7 @@ def entropy_length_bias(cfg, seed: int) -> dict:
 UNIFORM = 1e6  # rso.sampling_beta: accept every proposal, i.e. uniform draws of the SFT samples
 RSO_ROWS = (
     ("RSO sigmoid-norm", (("loss", "dpo"),),
-     "rejection-sampled pairs (sampling beta 0.3) from 16 SFT samples per prompt, sigmoid-norm (DPO) loss"),
+     "rejection-sampled pairs (sampling beta 1.0) from 16 SFT samples per prompt, sigmoid-norm (DPO) loss"),
     ("RSO hinge-norm", (("loss", "hinge"),), "the same rejection-sampled pairs, hinge-norm loss"),
     ("DPO, SFT-sample pairs", (("loss", "dpo"), ("rso.sampling_beta", UNIFORM)),
      "pairs of uniformly drawn SFT samples (rso.sampling_beta = 1e6), DPO loss"),
