@@ -467,7 +467,7 @@ def claim_active(mode: Mode, seeds: Sequence[int]) -> Claim:
     ax.grid(alpha=0.3)
     claim.plots.append(save_figure(fig, "active_dpo"))
     bias = entropy_length_bias(results[0].cfg, seeds[0])
-    ok = all(v.startswith("reproduced") for v in verdicts(claim)[-2:])
+    ok = all(c["verdict"].startswith("reproduced") for c in claim.comparisons if c["what"].startswith("hybrid"))
     claim.discussion = (
         ("The hybrid's advantage reproduces here. " if ok else
          "Random acquisition is hard to beat here (as the 2026 'Random Is Hard to Beat' study also finds). ")

@@ -43,17 +43,8 @@ def validate_config(cfg) -> None:
     _require(cfg.eval.temperature >= 0, "eval.temperature", "must be >= 0")
     _require(0 < cfg.eval.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     _require(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
-    if "active" in cfg and "strategies" in cfg.active:
-        from jaxpref.methods.active import parse_strategies
-
-        try:
-            parse_strategies(cfg.active.strategies)
-        except ValueError as e:
-            raise ConfigError(f"config.{e}") from None
-        for name in ("entropy", "certainty"):
-            if name in cfg.active:
-                _require(cfg.active[name] in ("sequence", "per_token"), f"active.{name}",
-                         f"must be 'sequence' or 'per_token', got {cfg.active[name]!r}")
+    if "active" in cfg:
+        _validate_active(cfg.active)
     if "mesh" in cfg:
         import jax
 
@@ -67,3 +58,18 @@ def validate_config(cfg) -> None:
         _require(m.hidden_size % m.num_heads == 0, "model.num_heads", "must divide model.hidden_size")
         _require(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", "must divide model.num_heads")
         _require(cfg.data.num_pairs >= cfg.batch_size, "data.num_pairs", "must be >= batch_size")
+
+
+def _validate_active(acfg) -> None:
+    """``config.active``: known strategies; entropy and certainty scored per sequence or per token."""
+    if "strategies" in acfg:
+        from jaxpref.methods.active import parse_strategies
+
+        try:
+            parse_strategies(acfg.strategies)
+        except ValueError as e:
+            raise ConfigError(f"config.{e}") from None
+    for name in ("entropy", "certainty"):
+        if name in acfg:
+            _require(acfg[name] in ("sequence", "per_token"), f"active.{name}",
+                     f"must be 'sequence' or 'per_token', got {acfg[name]!r}")
