@@ -19,6 +19,7 @@ import numpy as np
 from harness import current_rss_mb, peak_rss_mb
 
 from jaxpref.batches import PairExample, collate_pairs
+from jaxpref.compiler_options import train_compiler_options
 from jaxpref.components import make_optimizer
 from jaxpref.host_memory import release_free_heap
 from jaxpref.objectives import LossHParams, get_objective
@@ -65,7 +66,8 @@ class DPOBench:
         self.model = model
         self.tx = make_optimizer(optimizer_config(learning_rate), total_steps)
         self.step_fn = jax.jit(
-            make_train_step(model, get_objective("dpo"), LossHParams(beta=beta), self.tx), donate_argnums=0
+            make_train_step(model, get_objective("dpo"), LossHParams(beta=beta), self.tx), donate_argnums=0,
+            compiler_options=train_compiler_options(),
         )
         self.state: TrainState = create_train_state(params, self.tx, rng=jax.random.key(0), with_reference=True)
 

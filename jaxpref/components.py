@@ -53,10 +53,13 @@ def resolve_policy(cfg) -> Policy:
     the sentiment task, or an HF checkpoint (``model.path``, a folder or a ``.gguf`` file).
 
     ``config.model.remat`` turns on per-layer recomputation in the backward pass (less
-    activation memory, about 5-10% more step time); it does not change any result."""
+    activation memory, about 5-10% more step time); it does not change any result.
+    ``config.model.scan_unroll`` sets how many layers one iteration of the scanned stack runs
+    (``CausalLM.scan_unroll``; results equal up to float rounding)."""
     policy = _load_policy(cfg)
     if cfg.model.get("remat", False):
         policy = dataclasses.replace(policy, model=policy.model.clone(remat=True))
+    policy = dataclasses.replace(policy, model=policy.model.clone(scan_unroll=cfg.model.get("scan_unroll", 0)))
     return policy
 
 

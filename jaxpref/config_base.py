@@ -48,6 +48,7 @@ def get_base_config() -> ml_collections.ConfigDict:
             num_heads=4,
             num_kv_heads=2,
             remat=False,
+            scan_unroll=0,  # layers per scan iteration: 0 auto (all if <= 8 layers), -1 all, 1 rolled
         )
     )
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxpref.batches import bucket_length, default_buckets, pad_sequences
 from jaxpref.checkpointing import Checkpointer
+from jaxpref.compiler_options import train_compiler_options
 from jaxpref.components import make_optimizer
 from jaxpref.evaluation import sample_responses
 from jaxpref.loop import LoopStats, run_steps
@@ -117,7 +118,8 @@ class Trainer:
             data = add_reference_logps(self.model, ref_params, data, objective.groups,
                                        batch_size=self.cfg.batch_size)
         tx = make_optimizer(self.cfg.optimizer, steps)
-        step_fn = jax.jit(make_train_step(self.model, objective, self.hparams, tx), donate_argnums=0)
+        step_fn = jax.jit(make_train_step(self.model, objective, self.hparams, tx), donate_argnums=0,
+                          compiler_options=train_compiler_options())
         state = create_train_state(jax.tree.map(jnp.copy, params), tx, rng=jax.random.PRNGKey(seed),
                                    with_reference=False)
         state = state.replace(step=jnp.int32(first_step))

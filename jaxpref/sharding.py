@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxpref.compiler_options import train_compiler_options
 from jaxpref.config_checks import ConfigError
 from jaxpref.models import logical_axes
 from jaxpref.train_state import TrainState, create_train_state
@@ -283,6 +284,7 @@ def jit_train_step(step: Callable, state_shardings: TrainState, mesh: Mesh) -> C
         in_shardings=(state_shardings, batch, batch),
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=0,
+        compiler_options=train_compiler_options(),
     )
 
 

@@ -87,7 +87,8 @@ def test_killed_run_resumes_from_checkpoint_with_identical_result(tmp_path, cach
 
 def test_bad_config_values_fail_before_compiling(tmp_path, cache_dir):
     for key, value, match in [("beta", 0.0, "config.beta"), ("ref_update_alpha", 1.5, "config.ref_update_alpha"),
-                              ("loss", "dpoo", "config.loss"), ("batch_size", 0, "config.batch_size")]:
+                              ("loss", "dpoo", "config.loss"), ("batch_size", 0, "config.batch_size"),
+                              ("model.scan_unroll", -3, "config.model.scan_unroll")]:
         cfg = toy(load_config("dpo"), cache_dir, **{key: value})
         with pytest.raises(ConfigError, match=match):
             run(cfg, str(tmp_path / "bad"))

@@ -25,7 +25,7 @@ from jaxpref.models import (
     unstack_layers,
 )
 from jaxpref.models.hf_io import parse_size
-from jaxpref.models.llama import rope_inverse_frequencies
+from jaxpref.models.llama import AUTO_UNROLL_MAX_LAYERS, rope_inverse_frequencies, scan_unroll_length
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -240,7 +240,9 @@ def test_cached_decode_matches_full_forward(name, layout):
     prompt_mask[2, -1] = 1  # real prompt lengths 6, 3 and 1, left-padded
     full_mask = np.concatenate([prompt_mask, np.ones_like(mask[:, prompt_len:])], axis=1)
     expected = forward(model, params, ids, full_mask)
-    if layout == "unrolled":
+    if layout == "scanned":
+        model = model.clone(scan_unroll=1)  # a rolled loop over the stacked cache (2 layers auto-unroll)
+    elif layout == "unrolled":
         params = unstack_layers(params, model.config.num_layers)
         model = model.clone(scan_layers=False)
         assert "layers" not in params and params["layers_1"]["attn"]["q"]["kernel"].ndim == 3
@@ -293,6 +295,32 @@ def test_remat_gives_same_gradients():
     both = jax.jit(lambda p: (jax.grad(loss, 1)(model, p), jax.grad(loss, 1)(model_remat, p)))
     grads, grads_remat = both(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, grads_remat)
+
+
+def test_scan_unroll_keeps_logits_and_gradients():
+    """A rolled scan (1), a partial unroll that does not divide the depth (2 of 3 layers), all
+    layers (-1) and auto (0, all here) run the same params to the same logits and gradients."""
+    model, params = init_model(ModelConfig(**{**_tiny_fields(), "num_layers": 3}))
+    ids, mask = _batch("right")
+
+    def loss(m, p):
+        return jnp.sum(forward(m, p, ids, mask) ** 2 * mask[..., None])
+
+    results = {u: jax.jit(jax.value_and_grad(lambda p, u=u: loss(model.clone(scan_unroll=u), p)))(params)
+               for u in (1, 2, -1, 0)}
+    rolled_loss, rolled_grads = results[1]
+    for unroll in (2, -1, 0):
+        value, grads = results[unroll]
+        np.testing.assert_allclose(value, rolled_loss, rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, rolled_grads)
+
+
+def test_scan_unroll_length_rules():
+    assert [scan_unroll_length(0, n) for n in (2, AUTO_UNROLL_MAX_LAYERS, AUTO_UNROLL_MAX_LAYERS + 1)] == [
+        2, AUTO_UNROLL_MAX_LAYERS, 1]
+    assert scan_unroll_length(-1, 30) == 30 and scan_unroll_length(4, 30) == 4 and scan_unroll_length(40, 30) == 30
+    with pytest.raises(ValueError, match="scan_unroll"):
+        scan_unroll_length(-2, 4)
 
 
 @pytest.mark.parametrize("name", sorted(JAX_MODELS))

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from jaxpref.batches import PairExample, collate_pairs, collate_unpaired, pairs_to_unpaired
+from jaxpref.compiler_options import CPU_TRAIN_OPTIONS, train_compiler_options
 from jaxpref.losses import dpo_loss, sequence_logps
 from jaxpref.models import forward, init_model
 from jaxpref.objectives import OBJECTIVES, LossHParams, get_objective
@@ -135,6 +136,24 @@ def test_precomputed_reference_gives_the_same_step(tiny, pairs):
     s2, m2 = step(without, groups, {"ref_chosen": ref["chosen"], "ref_rejected": ref["rejected"]})
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
     chex.assert_trees_all_close(s1.params, s2.params, rtol=1e-6, atol=1e-7)
+
+
+def test_cpu_compiler_options_are_applied_and_keep_the_step(tiny, pairs):
+    """The train steps' CPU options (``jaxpref.compiler_options``) reach XLA and change only
+    float rounding."""
+    options = train_compiler_options()
+    assert options == CPU_TRAIN_OPTIONS  # the CPU backend of this jaxlib accepts them
+    model, params = tiny
+    groups, extras = _batch(pairs)
+    tx = optax.sgd(1e-2)
+    step = make_train_step(model, get_objective("dpo"), LossHParams(beta=0.1), tx)
+    state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
+    default = jax.jit(step).lower(state, groups, extras).compile()
+    tuned = jax.jit(step, compiler_options=options).lower(state, groups, extras).compile()
+    assert "ynn_fusion" in default.as_text() and "ynn_fusion" not in tuned.as_text()
+    (s1, m1), (s2, m2) = default(state, groups, extras), tuned(state, groups, extras)
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
+    chex.assert_trees_all_close(s1.params, s2.params, rtol=1e-5, atol=1e-7)
 
 
 def test_trust_region_step_updates_reference_every_tau(tiny, pairs):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxpref.compiler_options import train_compiler_options
 from jaxpref.components import make_optimizer
 from jaxpref.data import BatchStream
 from jaxpref.judges import init_reward_model, reward_model_scores, save_reward_model
@@ -60,7 +61,7 @@ def run(cfg, workdir: str, policy) -> dict:
     stream = BatchStream(pairs, batch_size=cfg.batch_size, pad_id=policy.pad_id, buckets=[task.max_length],
                          seed=cfg.seed)
     logger = MetricsLogger(workdir)
-    step_fn = jax.jit(make_reward_step(model, tx), donate_argnums=0)
+    step_fn = jax.jit(make_reward_step(model, tx), donate_argnums=0, compiler_options=train_compiler_options())
     state, stats = run_steps(step_fn, state, lambda s: batch_groups(stream.batch_at(s)), start=0,
                              stop=cfg.num_steps, logger=logger, log_every=cfg.log_every, desc="reward_model")
     logger.close()

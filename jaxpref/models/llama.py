@@ -1,9 +1,10 @@
 """Llama-family decoder (Llama, Mistral, Qwen2) in flax.linen, with a KV cache.
 
 The decoder layers are stacked along a leading ``layers`` axis and run with ``nn.scan``, so
-compile time does not grow with depth. Params are a plain pytree (see ``logical_axes`` for
-the layout); call the model through ``forward`` (training / scoring) or ``forward_cached``
-(prefill + decode for sampling).
+compile time does not grow with depth; stacks of up to 8 layers are unrolled by default
+(``CausalLM.scan_unroll``), which makes small models' steps faster on CPU. Params are a
+plain pytree (see ``logical_axes`` for the layout); call the model through ``forward``
+(training / scoring) or ``forward_cached`` (prefill + decode for sampling).
 
 For decoding, ``CausalLM(scan_layers=False)`` runs the layers as ``L`` separate modules
 (``layers_0`` ... params, from ``unstack_layers``): inside a decode loop each layer then reads
@@ -251,7 +252,8 @@ class CausalLM(nn.Module):
     logits are float32 regardless. ``remat`` checkpoints each layer (recompute in backward).
     ``scan_layers=False`` takes ``unstack_layers`` params (for decode loops, see the module
     docstring); ``fused_projections`` takes ``fuse_projections`` params (q/k/v and gate/up
-    each one matmul).
+    each one matmul). ``scan_unroll``: layers per iteration of the scanned stack (see
+    ``scan_unroll_length``); the params layout is the same for every value.
     """
 
     config: ModelConfig
@@ -261,6 +263,7 @@ class CausalLM(nn.Module):
     scan_layers: bool = True
     fused_projections: bool = False
     return_hidden: bool = False  # return final-norm hidden states [B, T, E] instead of logits
+    scan_unroll: int = 0  # 0 auto, -1 all layers, n > 0 that many (see scan_unroll_length)
 
     @nn.compact
     def __call__(
@@ -301,6 +304,7 @@ class CausalLM(nn.Module):
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
                 length=cfg.num_layers,
+                unroll=scan_unroll_length(self.scan_unroll, cfg.num_layers),
             )
             stacked_kv = None if kv is None else (jnp.stack(kv[0]), jnp.stack(kv[1]))
             h_bte, new_kv = stack(cfg, name="layers", **kw_layer)(h_bte, rope, attend_bts, stacked_kv, cache_index)
@@ -336,6 +340,27 @@ class CausalLM(nn.Module):
                 **kw,
             )(h_bte)
         return logits.astype(jnp.float32), new_kv
+
+
+AUTO_UNROLL_MAX_LAYERS = 8
+
+
+def scan_unroll_length(scan_unroll: int, num_layers: int) -> int:
+    """Layers per iteration of the scanned stack: ``scan_unroll`` if positive, all layers for
+    -1, and for 0 (auto) all layers up to ``AUTO_UNROLL_MAX_LAYERS``, else 1 (a rolled loop).
+
+    Unrolled, XLA sees each layer's ops and buffers directly instead of through the loop's
+    stacked slices. Measured on CPU (2026-11-30): the 5-layer tiny benchmark's DPO step +6-12%
+    tokens/s; at 12 layers +3% (noise level); for a 30-layer SmolLM2-shaped model full
+    unrolling doubled the train step's compile time (6.7 -> 12.9 s), hence the auto limit.
+    """
+    if scan_unroll == 0:
+        return num_layers if num_layers <= AUTO_UNROLL_MAX_LAYERS else 1
+    if scan_unroll == -1:
+        return num_layers
+    if scan_unroll < -1:
+        raise ValueError(f"scan_unroll must be -1 (all layers), 0 (auto) or a positive count, got {scan_unroll}")
+    return min(scan_unroll, num_layers)
 
 
 def _attend_mask(key_valid_bs: Array, query_slot_t: Array, key_slot_s: Array, sliding_window: int | None) -> Array:
