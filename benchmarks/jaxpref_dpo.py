@@ -67,7 +67,7 @@ class DPOBench:
         self.tx = make_optimizer(optimizer_config(learning_rate), total_steps)
         self.step_fn = jax.jit(
             make_train_step(model, get_objective("dpo"), LossHParams(beta=beta), self.tx), donate_argnums=0,
-            compiler_options=train_compiler_options(),
+            compiler_options=train_compiler_options(model.config.hidden_size),
         )
         self.state: TrainState = create_train_state(params, self.tx, rng=jax.random.key(0), with_reference=True)
 

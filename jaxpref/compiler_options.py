@@ -1,14 +1,18 @@
-"""XLA compiler options for jaxpref's jitted train steps, per backend.
+"""XLA compiler options for jaxpref's jitted train steps, per backend and model width.
 
-On CPU, XLA routes dots and element-wise fusions to the YNNPACK library by default. At the
-matmul sizes of small models (hidden 256-768, a few hundred tokens per step) those calls
-mostly ran on one of the two cores of our benchmark machine while the other waited; with
-them off, XLA's own (Eigen) dots split each matmul over the cores. Measured on the tiny DPO
-benchmark (``benchmarks/train_step.py --size tiny``, 2-core AMD EPYC, 2026-11-30): +8% tokens/s
-in an in-process A/B over 8 alternating rounds; at the small size no change (within ±3%).
-GPU and TPU compiles get no options.
+On CPU, XLA routes dots and element-wise fusions to the YNNPACK library by default. For narrow
+models its calls mostly ran on one of the two cores of our benchmark machine while the other
+waited; with them off, XLA's own (Eigen) dots split each matmul over the cores. For wider
+models YNNPACK's kernels win. Measured on the DPO benchmark (``benchmarks/train_step.py``,
+2-core AMD EPYC, 2026-11-30, in-process A/B over 4-8 alternating rounds of the same step):
 
-Pass the result as ``jax.jit(..., compiler_options=train_compiler_options())``.
+- tiny (hidden 256): YNNPACK off +8% tokens/s;
+- small (hidden 768): YNNPACK off -12% (precomputed reference), -7% (reference in the step).
+
+So the options apply below ``NARROW_HIDDEN_SIZE`` (only those two widths were measured; the
+threshold sits between them). GPU and TPU compiles get no options.
+
+Pass the result as ``jax.jit(..., compiler_options=train_compiler_options(hidden_size))``.
 """
 
 from __future__ import annotations
@@ -20,21 +24,30 @@ import jax
 
 log = logging.getLogger(__name__)
 
-CPU_TRAIN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+NARROW_HIDDEN_SIZE = 512
+CPU_NARROW_MODEL_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 @functools.cache
-def train_compiler_options() -> dict[str, str]:
-    """``CPU_TRAIN_OPTIONS`` on a CPU backend that accepts them, else ``{}``.
-
-    The option is experimental in XLA: if this jaxlib rejects it (checked once on a scalar
-    function), the default compile is used and a warning says so.
-    """
-    if jax.default_backend() != "cpu":
-        return {}
+def _cpu_accepts(options: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this jaxlib's CPU compiler takes ``options`` (checked on a scalar function)."""
     try:
-        jax.jit(lambda x: x + 1, compiler_options=CPU_TRAIN_OPTIONS).lower(1.0).compile()
-    except Exception as err:  # noqa: BLE001 - any rejection means: compile without the option
-        log.warning("XLA CPU options %s not accepted (%s); using XLA's defaults", CPU_TRAIN_OPTIONS, err)
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(1.0).compile()
+    except Exception as err:  # noqa: BLE001 - any rejection means: compile without the options
+        log.warning("XLA CPU options %s not accepted (%s); using XLA's defaults", dict(options), err)
+        return False
+    return True
+
+
+def train_compiler_options(hidden_size: int) -> dict[str, str]:
+    """``CPU_NARROW_MODEL_OPTIONS`` for a model narrower than ``NARROW_HIDDEN_SIZE`` on a CPU
+    backend that accepts them; else ``{}`` (XLA's defaults).
+
+    The option is experimental in XLA: if this jaxlib rejects it, the default compile is used
+    and a warning says so.
+    """
+    if jax.default_backend() != "cpu" or hidden_size >= NARROW_HIDDEN_SIZE:
         return {}
-    return dict(CPU_TRAIN_OPTIONS)
+    if not _cpu_accepts(tuple(sorted(CPU_NARROW_MODEL_OPTIONS.items()))):
+        return {}
+    return dict(CPU_NARROW_MODEL_OPTIONS)

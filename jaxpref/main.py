@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from jaxpref import components, distributed, evaluation, sharding
 from jaxpref.checkpointing import Checkpointer
+from jaxpref.compiler_options import train_compiler_options
 from jaxpref.config_checks import validate_config
 from jaxpref.data import BatchStream
 from jaxpref.loop import Preempted, run_steps
@@ -121,7 +122,7 @@ def run_offline(cfg, workdir: str, policy: components.Policy, mesh, rules) -> tu
     step_fn = sharding.jit_train_step(
         make_train_step(model, objective, loss_hparams(cfg), tx, ref_update_every=cfg.ref_update_every,
                         ref_update_alpha=cfg.ref_update_alpha),
-        shardings, mesh,
+        shardings, mesh, compiler_options=train_compiler_options(model.config.hidden_size),
     )
     state = sharding.create_sharded_train_state(sft_params, tx, shardings, rng=rng, with_reference=keep_reference)
     sft_params = jax.device_put(sft_params, shardings.params)  # on the mesh, for the held-out eval

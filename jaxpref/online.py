@@ -119,7 +119,7 @@ class Trainer:
                                        batch_size=self.cfg.batch_size)
         tx = make_optimizer(self.cfg.optimizer, steps)
         step_fn = jax.jit(make_train_step(self.model, objective, self.hparams, tx), donate_argnums=0,
-                          compiler_options=train_compiler_options())
+                          compiler_options=train_compiler_options(self.model.config.hidden_size))
         state = create_train_state(jax.tree.map(jnp.copy, params), tx, rng=jax.random.PRNGKey(seed),
                                    with_reference=False)
         state = state.replace(step=jnp.int32(first_step))

@@ -109,7 +109,8 @@ def train_sft(model, params, task: EchoTask, sft_cfg, seed: int):
     ids, attn, comp = pad_sequences([p for p, _ in data], [y for _, y in data], length=length, pad_id=PAD)
     tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, sft_cfg.learning_rate, 20, sft_cfg.steps))
     state = create_train_state(params, tx, rng=jax.random.PRNGKey(seed), with_reference=False)
-    step_fn = jax.jit(make_sft_step(model, tx), donate_argnums=0, compiler_options=train_compiler_options())
+    options = train_compiler_options(model.config.hidden_size)
+    step_fn = jax.jit(make_sft_step(model, tx), donate_argnums=0, compiler_options=options)
     rng = np.random.default_rng([seed, 7])
     loss = float("nan")
     for i in tqdm(range(sft_cfg.steps), desc="sft", mininterval=2.0, disable=jax.process_index() != 0):

@@ -29,7 +29,6 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from jaxpref.compiler_options import train_compiler_options
 from jaxpref.config_checks import ConfigError
 from jaxpref.models import logical_axes
 from jaxpref.train_state import TrainState, create_train_state
@@ -271,12 +270,14 @@ def global_batch(local: PyTree, mesh: Mesh) -> PyTree:
 # --- Step -------------------------------------------------------------------------------------
 
 
-def jit_train_step(step: Callable, state_shardings: TrainState, mesh: Mesh) -> Callable:
+def jit_train_step(
+    step: Callable, state_shardings: TrainState, mesh: Mesh, compiler_options: dict[str, str] | None = None
+) -> Callable:
     """``jax.jit`` of ``step(state, groups, extras) -> (state, metrics)`` for ``mesh``.
 
     ``groups``/``extras`` leaves are ``[B, ...]`` global arrays split over the batch axes
     (``global_batch``); the state keeps ``state_shardings`` and is donated; metrics come
-    back replicated.
+    back replicated. ``compiler_options``: XLA options (``compiler_options.train_compiler_options``).
     """
     batch = batch_sharding(mesh)
     return jax.jit(
@@ -284,7 +285,7 @@ def jit_train_step(step: Callable, state_shardings: TrainState, mesh: Mesh) -> C
         in_shardings=(state_shardings, batch, batch),
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=0,
-        compiler_options=train_compiler_options(),
+        compiler_options=compiler_options,
     )
 
 

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from jaxpref.batches import PairExample, collate_pairs, collate_unpaired, pairs_to_unpaired
-from jaxpref.compiler_options import CPU_TRAIN_OPTIONS, train_compiler_options
+from jaxpref.compiler_options import CPU_NARROW_MODEL_OPTIONS, NARROW_HIDDEN_SIZE, train_compiler_options
 from jaxpref.losses import dpo_loss, sequence_logps
 from jaxpref.models import forward, init_model
 from jaxpref.objectives import OBJECTIVES, LossHParams, get_objective
@@ -139,11 +139,12 @@ def test_precomputed_reference_gives_the_same_step(tiny, pairs):
 
 
 def test_cpu_compiler_options_are_applied_and_keep_the_step(tiny, pairs):
-    """The train steps' CPU options (``jaxpref.compiler_options``) reach XLA and change only
-    float rounding."""
-    options = train_compiler_options()
-    assert options == CPU_TRAIN_OPTIONS  # the CPU backend of this jaxlib accepts them
+    """The train steps' CPU options for narrow models (``jaxpref.compiler_options``) reach XLA
+    and change only float rounding; wide models keep XLA's defaults."""
     model, params = tiny
+    options = train_compiler_options(model.config.hidden_size)
+    assert options == CPU_NARROW_MODEL_OPTIONS  # the CPU backend of this jaxlib accepts them
+    assert train_compiler_options(NARROW_HIDDEN_SIZE) == {}
     groups, extras = _batch(pairs)
     tx = optax.sgd(1e-2)
     step = make_train_step(model, get_objective("dpo"), LossHParams(beta=0.1), tx)

@@ -61,7 +61,8 @@ def run(cfg, workdir: str, policy) -> dict:
     stream = BatchStream(pairs, batch_size=cfg.batch_size, pad_id=policy.pad_id, buckets=[task.max_length],
                          seed=cfg.seed)
     logger = MetricsLogger(workdir)
-    step_fn = jax.jit(make_reward_step(model, tx), donate_argnums=0, compiler_options=train_compiler_options())
+    options = train_compiler_options(model.config.hidden_size)
+    step_fn = jax.jit(make_reward_step(model, tx), donate_argnums=0, compiler_options=options)
     state, stats = run_steps(step_fn, state, lambda s: batch_groups(stream.batch_at(s)), start=0,
                              stop=cfg.num_steps, logger=logger, log_every=cfg.log_every, desc="reward_model")
     logger.close()
