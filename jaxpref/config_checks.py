@@ -38,7 +38,7 @@ def validate_config(cfg) -> None:
     _require(cfg.model.dtype in ("float32", "bfloat16"), "model.dtype",
              f"must be float32 or bfloat16, got {cfg.model.dtype!r}")
     unroll = cfg.model.get("scan_unroll", 0)
-    _require(isinstance(unroll, int) and unroll >= -1, "model.scan_unroll",
+    _require(type(unroll) is int and unroll >= -1, "model.scan_unroll",
              f"must be -1 (all layers), 0 (auto) or a positive layer count, got {unroll!r}")
     _require(cfg.data.on_bad_row in ("error", "drop"), "data.on_bad_row", "must be 'error' or 'drop'")
     _require(0 < cfg.data.max_prompt_length < cfg.data.max_length, "data.max_prompt_length",

@@ -162,8 +162,10 @@ def test_model_remat_reaches_the_policy_and_leaves_results_unchanged(cache_dir):
     cfg = toy(load_config("dpo"), cache_dir)
     plain = components.resolve_policy(cfg)
     cfg.model.remat = True
+    cfg.model.scan_unroll = 1
     remat = components.resolve_policy(cfg)
     assert remat.model.remat is True and plain.model.remat is False
+    assert remat.model.scan_unroll == 1 and plain.model.scan_unroll == 0
     pairs = components.offline_pairs(cfg, plain)[:8]
     groups, _ = batch_groups(collate_pairs(pairs, pad_id=plain.pad_id, buckets=[32]))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -283,9 +284,11 @@ def test_cached_decode_matches_full_forward(name, layout):
                                atol=TOL, rtol=0)
 
 
-def test_remat_gives_same_gradients():
+@pytest.mark.parametrize("scan_unroll", [0, 1, -1])
+def test_remat_gives_same_gradients(scan_unroll):
     config = ModelConfig(**_tiny_fields())
     model, params = init_model(config)
+    model = model.clone(scan_unroll=scan_unroll)
     model_remat = model.clone(remat=True)
     ids, mask = _batch("right")
 
@@ -306,6 +309,9 @@ def test_scan_unroll_keeps_logits_and_gradients():
     def loss(m, p):
         return jnp.sum(forward(m, p, ids, mask) ** 2 * mask[..., None])
 
+    for unroll, expected in ((1, "unroll=1"), (2, "unroll=2"), (-1, "unroll=3"), (0, "unroll=3")):
+        jaxpr = str(jax.make_jaxpr(lambda p, u=unroll: forward(model.clone(scan_unroll=u), p, ids, mask))(params))
+        assert re.findall(r"unroll=\w+", jaxpr) == [expected]  # the value reaches the layers' scan
     results = {u: jax.jit(jax.value_and_grad(lambda p, u=u: loss(model.clone(scan_unroll=u), p)))(params)
                for u in (1, 2, -1, 0)}
     rolled_loss, rolled_grads = results[1]
@@ -319,6 +325,7 @@ def test_scan_unroll_length_rules():
     assert [scan_unroll_length(0, n) for n in (2, AUTO_UNROLL_MAX_LAYERS, AUTO_UNROLL_MAX_LAYERS + 1)] == [
         2, AUTO_UNROLL_MAX_LAYERS, 1]
     assert scan_unroll_length(-1, 30) == 30 and scan_unroll_length(4, 30) == 4 and scan_unroll_length(40, 30) == 30
+    assert scan_unroll_length(0, 2, remat=True) == 1 and scan_unroll_length(-1, 2, remat=True) == 2
     with pytest.raises(ValueError, match="scan_unroll"):
         scan_unroll_length(-2, 4)
 
