@@ -16,12 +16,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxpref.batches import bucket_length, default_buckets, pad_sequences
 from jaxpref.checkpointing import Checkpointer
 from jaxpref.compiler_options import train_compiler_options
 from jaxpref.components import make_optimizer
 from jaxpref.evaluation import sample_responses
+from jaxpref.host_memory import CompileAhead
 from jaxpref.loop import LoopStats, run_steps
 from jaxpref.objectives import LossHParams, Objective, Sequences
 from jaxpref.train_state import create_train_state
@@ -71,9 +73,13 @@ def sample_k(model, params, prompts: TokenLists, k: int, rng, *, pad_id: int, eo
     return grouped, logps.reshape(len(prompts), k)
 
 
-def add_reference_logps(model, ref_params, data: RoundData, names: Sequence[str], *, batch_size: int) -> RoundData:
-    """Adds ``ref_<name>`` extras: reference log-probs of every row of every group (one pass)."""
-    fn = jax.jit(lambda p, g: reference_logps(model, p, g, tuple(names)))
+def add_reference_logps(model, ref_params, data: RoundData, names: Sequence[str], *, batch_size: int,
+                        jitted=None) -> RoundData:
+    """Adds ``ref_<name>`` extras: reference log-probs of every row of every group (one pass).
+
+    ``jitted``: a ``jax.jit`` of ``reference_logps(model, p, g, names)`` to reuse across rounds.
+    """
+    fn = jitted or jax.jit(lambda p, g: reference_logps(model, p, g, tuple(names)))
     out = {n: [] for n in names}
     n_rows = data.size
     for start in range(0, n_rows, batch_size):
@@ -110,16 +116,31 @@ class Trainer:
     cfg: Any
     logger: Any
     hparams: LossHParams
+    _steps: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+    _reference_fns: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def round_step(self, objective: Objective, steps: int) -> tuple[optax.GradientTransformation, Any]:
+        """``(tx, jitted step)`` for a round of ``steps`` steps, built once per objective and round
+        length: rounds of equal length (SPPO iterations, SELM rounds) reuse one compiled step
+        instead of recompiling it (the optimizer's schedule length is baked into the step)."""
+        key = (objective, steps)
+        if key not in self._steps:
+            tx = make_optimizer(self.cfg.optimizer, steps)
+            step_fn = jax.jit(make_train_step(self.model, objective, self.hparams, tx), donate_argnums=0,
+                              compiler_options=train_compiler_options(self.model.config.hidden_size))
+            self._steps[key] = (tx, CompileAhead(step_fn))  # keeps its executables across rounds
+        return self._steps[key]
 
     def train_round(self, params, ref_params, data: RoundData, objective: Objective, *, steps: int,
                     first_step: int, seed: int, desc: str) -> tuple[Any, LoopStats]:
         """Fresh optimizer, frozen reference (precomputed log-probs); returns the new params."""
         if objective.needs_reference:
-            data = add_reference_logps(self.model, ref_params, data, objective.groups,
-                                       batch_size=self.cfg.batch_size)
-        tx = make_optimizer(self.cfg.optimizer, steps)
-        step_fn = jax.jit(make_train_step(self.model, objective, self.hparams, tx), donate_argnums=0,
-                          compiler_options=train_compiler_options(self.model.config.hidden_size))
+            names = tuple(objective.groups)
+            if names not in self._reference_fns:  # one compile per job, not per round
+                self._reference_fns[names] = jax.jit(lambda p, g: reference_logps(self.model, p, g, names))
+            data = add_reference_logps(self.model, ref_params, data, names, batch_size=self.cfg.batch_size,
+                                       jitted=self._reference_fns[names])
+        tx, step_fn = self.round_step(objective, steps)
         state = create_train_state(jax.tree.map(jnp.copy, params), tx, rng=jax.random.PRNGKey(seed),
                                    with_reference=False)
         state = state.replace(step=jnp.int32(first_step))

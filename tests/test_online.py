@@ -192,3 +192,34 @@ def test_active_training_steps_scale_with_labels():
     assert training_steps(cfg, 64) == 150  # fixed step count
     cfg.active.epochs = 10
     assert [training_steps(cfg, n) for n in (64, 100, 512)] == [20, 32, 160]  # ceil(10 * n / 32)
+
+
+def test_rounds_of_equal_length_reuse_one_compiled_step(tmp_path):
+    """Trainer compiles the train step and the reference pass once per objective and round
+    length; a round of another length gets its own optimizer schedule."""
+    import ml_collections
+
+    from jaxpref.metrics_log import MetricsLogger
+    from jaxpref.models import init_model
+    from jaxpref.objectives import LossHParams, get_objective
+    from jaxpref.online import Trainer, build_round_data
+
+    model, params = init_model(dict(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                                    num_kv_heads=2, max_position_embeddings=64), seed=0)
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(2, 32, 4)) for _ in range(8)]
+    data = build_round_data(prompts, {n: [list(rng.integers(2, 32, 3)) for _ in prompts]
+                                      for n in ("chosen", "rejected")}, pad_id=0)
+    cfg = ml_collections.ConfigDict(dict(batch_size=4, log_every=100, optimizer=dict(
+        name="adamw", learning_rate=1e-3, weight_decay=0.0, warmup_steps=0, max_grad_norm=1.0)))
+    trainer = Trainer(model, cfg, MetricsLogger(str(tmp_path)), LossHParams(beta=0.1))
+    dpo = get_objective("dpo")
+    p1, _ = trainer.train_round(params, params, data, dpo, steps=2, first_step=0, seed=0, desc="r1")
+    p2, _ = trainer.train_round(p1, p1, data, dpo, steps=2, first_step=2, seed=1, desc="r2")
+    assert len(trainer._steps) == 1 and len(trainer._reference_fns) == 1
+    (_, step_fn), = trainer._steps.values()
+    assert len(step_fn._executables) == 1  # one batch shape, compiled once for both rounds
+    assert trainer._reference_fns[("chosen", "rejected")]._cache_size() == 1
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))  # it trained
+    trainer.train_round(p2, p2, data, dpo, steps=3, first_step=4, seed=2, desc="r3")
+    assert sorted(steps for _, steps in trainer._steps) == [2, 3]
