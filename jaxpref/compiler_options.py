@@ -29,12 +29,13 @@ CPU_NARROW_MODEL_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 @functools.cache
-def _cpu_accepts(options: tuple[tuple[str, str], ...]) -> bool:
-    """Whether this jaxlib's CPU compiler takes ``options`` (checked on a scalar function)."""
+def _cpu_accepts_narrow_model_options() -> bool:
+    """Whether this jaxlib's CPU compiler takes ``CPU_NARROW_MODEL_OPTIONS`` (checked once, on a
+    scalar function)."""
     try:
-        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(1.0).compile()
+        jax.jit(lambda x: x + 1, compiler_options=CPU_NARROW_MODEL_OPTIONS).lower(1.0).compile()
     except Exception as err:  # noqa: BLE001 - any rejection means: compile without the options
-        log.warning("XLA CPU options %s not accepted (%s); using XLA's defaults", dict(options), err)
+        log.warning("XLA CPU options %s not accepted (%s); using XLA's defaults", CPU_NARROW_MODEL_OPTIONS, err)
         return False
     return True
 
@@ -48,6 +49,6 @@ def train_compiler_options(hidden_size: int) -> dict[str, str]:
     """
     if jax.default_backend() != "cpu" or hidden_size >= NARROW_HIDDEN_SIZE:
         return {}
-    if not _cpu_accepts(tuple(sorted(CPU_NARROW_MODEL_OPTIONS.items()))):
+    if not _cpu_accepts_narrow_model_options():
         return {}
     return dict(CPU_NARROW_MODEL_OPTIONS)

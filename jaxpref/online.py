@@ -73,19 +73,19 @@ def sample_k(model, params, prompts: TokenLists, k: int, rng, *, pad_id: int, eo
     return grouped, logps.reshape(len(prompts), k)
 
 
-def add_reference_logps(model, ref_params, data: RoundData, names: Sequence[str], *, batch_size: int,
-                        jitted=None) -> RoundData:
+def add_reference_logps(reference_fn, ref_params, data: RoundData, names: Sequence[str], *,
+                        batch_size: int) -> RoundData:
     """Adds ``ref_<name>`` extras: reference log-probs of every row of every group (one pass).
 
-    ``jitted``: a ``jax.jit`` of ``reference_logps(model, p, g, names)`` to reuse across rounds.
+    ``reference_fn(params, groups)``: a jitted ``reference_logps`` over ``names``
+    (``Trainer.reference_pass``).
     """
-    fn = jitted or jax.jit(lambda p, g: reference_logps(model, p, g, tuple(names)))
     out = {n: [] for n in names}
     n_rows = data.size
     for start in range(0, n_rows, batch_size):
         idx = np.arange(start, start + batch_size) % n_rows  # wrap: one shape, one compile
         groups = {n: Sequences(*(a[idx] for a in data.groups[n])) for n in names}
-        logps = fn(ref_params, groups)
+        logps = reference_fn(ref_params, groups)
         for n in names:
             out[n].append(np.asarray(logps[n])[: min(batch_size, n_rows - start)])
     extras = {**data.extras, **{f"ref_{n}": np.concatenate(v) for n, v in out.items()}}
@@ -131,15 +131,19 @@ class Trainer:
             self._steps[key] = (tx, CompileAhead(step_fn))  # keeps its executables across rounds
         return self._steps[key]
 
+    def reference_pass(self, names: tuple[str, ...]):
+        """The jitted reference pass over ``names``, compiled once per job, not per round."""
+        if names not in self._reference_fns:
+            self._reference_fns[names] = jax.jit(lambda p, g: reference_logps(self.model, p, g, names))
+        return self._reference_fns[names]
+
     def train_round(self, params, ref_params, data: RoundData, objective: Objective, *, steps: int,
                     first_step: int, seed: int, desc: str) -> tuple[Any, LoopStats]:
         """Fresh optimizer, frozen reference (precomputed log-probs); returns the new params."""
         if objective.needs_reference:
             names = tuple(objective.groups)
-            if names not in self._reference_fns:  # one compile per job, not per round
-                self._reference_fns[names] = jax.jit(lambda p, g: reference_logps(self.model, p, g, names))
-            data = add_reference_logps(self.model, ref_params, data, names, batch_size=self.cfg.batch_size,
-                                       jitted=self._reference_fns[names])
+            data = add_reference_logps(self.reference_pass(names), ref_params, data, names,
+                                       batch_size=self.cfg.batch_size)
         tx, step_fn = self.round_step(objective, steps)
         state = create_train_state(jax.tree.map(jnp.copy, params), tx, rng=jax.random.PRNGKey(seed),
                                    with_reference=False)
