@@ -1,4 +1,4 @@
-"""Sampling throughput: ``jaxpref.sampling.generate`` vs ``transformers`` ``model.generate`` (PyTorch).
+"""Sampling throughput: ``jaxpref.infer.sampling.generate`` vs ``transformers`` ``model.generate`` (PyTorch).
 
     python benchmarks/generate.py --size small --json benchmarks/results/generate_small.json
 
@@ -43,12 +43,12 @@ def prepare_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def jaxpref_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Times ``jaxpref.sampling.generate`` (compiled ahead of time)."""
+    """Times ``jaxpref.infer.sampling.generate`` (compiled ahead of time)."""
     import jax
     import numpy as np
 
+    from jaxpref.infer.sampling import generate, left_pad
     from jaxpref.models import load_pretrained
-    from jaxpref.sampling import generate, left_pad
 
     model, params = load_pretrained(spec["model_dir"])
     ids, mask = left_pad(spec["prompts"], pad_id=harness.PAD_ID)
@@ -82,7 +82,7 @@ def hf_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from jaxpref.sampling import left_pad
+    from jaxpref.infer.sampling import left_pad
 
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32).eval()
     ids, mask = (torch.from_numpy(a).long() for a in left_pad(spec["prompts"], pad_id=harness.PAD_ID))
@@ -207,7 +207,7 @@ def main(argv: list[str]) -> None:
     rows.insert(
         1,
         [
-            "jaxpref.sampling.generate",
+            "jaxpref.infer.sampling.generate",
             summary["jaxpref_new_tokens_per_s"],
             "",
             summary["jaxpref_peak_rss_mb"],

@@ -2,7 +2,7 @@
 
 Used by ``train_step.py`` (in a worker subprocess) and ``mfu.py``. The step is what
 ``jaxpref.main`` runs: ``make_train_step`` with the ``dpo`` objective and the AdamW of
-``jaxpref.components.make_optimizer``, jitted with the state donated.
+``jaxpref.train.optim.make_optimizer``, jitted with the state donated.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import ml_collections
 import numpy as np
 from harness import current_rss_mb, peak_rss_mb
 
-from jaxpref.batches import PairExample, collate_pairs
-from jaxpref.compiler_options import train_compiler_options
-from jaxpref.components import make_optimizer
-from jaxpref.host_memory import release_free_heap
-from jaxpref.objectives import LossHParams, get_objective
-from jaxpref.train_state import TrainState, create_train_state
-from jaxpref.train_step import batch_groups, make_train_step, reference_logps
+from jaxpref.data.batches import PairExample, collate_pairs
+from jaxpref.infer.scoring import reference_pass
+from jaxpref.objectives import default_hparams, get_objective
+from jaxpref.runtime.compiler_options import train_compiler_options
+from jaxpref.runtime.host_memory import release_free_heap
+from jaxpref.train.optim import make_optimizer, start_schedule
+from jaxpref.train.state import TrainState, create_train_state
+from jaxpref.train.step import batch_groups, make_train_step
 
 PAIR = ("chosen", "rejected")
 
@@ -64,16 +65,18 @@ class DPOBench:
 
     def __init__(self, model, params, *, learning_rate: float, beta: float, total_steps: int):
         self.model = model
-        self.tx = make_optimizer(optimizer_config(learning_rate), total_steps)
+        self.tx = make_optimizer(optimizer_config(learning_rate))
+        objective = get_objective("dpo")
         self.step_fn = jax.jit(
-            make_train_step(model, get_objective("dpo"), LossHParams(beta=beta), self.tx), donate_argnums=0,
+            make_train_step(model, objective, default_hparams(objective, beta=beta), self.tx), donate_argnums=0,
             compiler_options=train_compiler_options(model.config.hidden_size),
         )
-        self.state: TrainState = create_train_state(params, self.tx, rng=jax.random.key(0), with_reference=True)
+        state = create_train_state(params, self.tx, rng=jax.random.key(0), with_reference=True)
+        self.state: TrainState = state.replace(opt_state=start_schedule(state.opt_state, total_steps))
 
     def compile(self, batch: tuple[Any, Any]) -> tuple[Any, float]:
         """AOT-compiles the step for ``batch``'s shapes, then returns the compiler's freed heap
-        to the OS as the job's step loop does (``jaxpref.host_memory.CompileAhead``); returns
+        to the OS as the job's step loop does (``jaxpref.runtime.host_memory.CompileAhead``); returns
         ``(compiled, seconds)``."""
         start = time.perf_counter()
         compiled = self.step_fn.lower(self.state, *batch).compile()
@@ -83,10 +86,9 @@ class DPOBench:
 
     def precompute_reference(self, batches: Sequence[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
         """Batches whose extras carry ``ref_chosen``/``ref_rejected``; drops the reference params."""
-        fn = jax.jit(lambda p, g: reference_logps(self.model, p, g, PAIR))
         out = []
         for groups, extras in batches:
-            ref = jax.device_get(fn(self.state.ref_params, groups))
+            ref = jax.device_get(reference_pass(self.model, self.state.ref_params, groups, PAIR))
             out.append((groups, {**extras, **{f"ref_{n}": np.asarray(ref[n]) for n in PAIR}}))
         self.state = self.state.replace(ref_params=None)
         return out

@@ -2,11 +2,11 @@
 
     python benchmarks/memory_table.py [--rules fsdp_tensor] [--json memory.json]
 
-Counts what ``jaxpref.train_state.TrainState`` holds: policy params, reference params and
-the AdamW state of ``jaxpref.components.make_optimizer`` (two moments per param), for float32
+Counts what ``jaxpref.train.state.TrainState`` holds: policy params, reference params and
+the AdamW state of ``jaxpref.train.optim.make_optimizer`` (two moments per param), for float32
 and for bfloat16 params (optax keeps the moments in the param dtype). Shapes come from
 ``jax.eval_shape`` of ``jaxpref.models.init_params`` (nothing is allocated) and shardings from
-``jaxpref.sharding`` on abstract meshes (no devices needed). Activations, gradients and XLA
+``jaxpref.runtime.sharding`` on abstract meshes (no devices needed). Activations, gradients and XLA
 scratch space are not included.
 """
 
@@ -22,9 +22,9 @@ import numpy as np
 import optax
 from jax.sharding import AbstractMesh, AxisType
 
-from jaxpref import sharding
 from jaxpref.models import CausalLM, ModelConfig, count_params, init_params
-from jaxpref.train_state import TrainState, create_train_state
+from jaxpref.runtime import sharding
+from jaxpref.train.state import TrainState, create_train_state, train_state_shardings
 
 GIB = 2**30
 
@@ -68,7 +68,7 @@ def memory_row(name: str, mesh_shape: tuple[int, int, int], rules: sharding.Rule
     row: dict = {"model": name, "devices": int(np.prod(mesh_shape)), "mesh": list(mesh_shape)}
     for label, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
         state, tx = abstract_state(MODELS[name], dtype)
-        shardings = sharding.train_state_shardings(state, tx, mesh, rules)
+        shardings = train_state_shardings(state, tx, mesh, rules)
         row["params_billion"] = count_params(state.params) / 1e9
         parts = {
             "policy": bytes_per_device(state.params, shardings.params),

@@ -27,7 +27,7 @@ reference forward in the step on both sides.
 
 Both jaxpref processes use jaxpref's default ``config.share_prompt=True``: each pair is packed
 as ``[prompt][chosen][rejected]`` so the prompt runs through the model once, with the LM head
-only on completion tokens (``jaxpref.batches.pack_shared_prompt``); the log-probs, losses and
+only on completion tokens (``jaxpref.data.batches.pack_shared_prompt``); the log-probs, losses and
 gradients are the same, and the loss parity check against TRL still applies. Throughput counts
 the same tokens as TRL's (prompts in both sequences). ``--no-share-prompt`` turns it off.
 """

@@ -5,7 +5,7 @@
 
 import ml_collections
 
-from jaxpref.config_base import get_base_config
+from jaxpref.config import get_base_config
 
 
 def get_config():

@@ -3,12 +3,13 @@
     python -m jaxpref.main --config=configs/reward_model.py --workdir=runs/reward_model
 """
 
-from jaxpref.config_base import get_base_config
+from jaxpref.config import get_base_config
 
 
 def get_config():
     c = get_base_config()
     c.job = c.method = "reward_model"
+    c.loss = "bradley_terry"
     c.num_steps = 400
     c.optimizer.learning_rate = 1e-3
     return c

@@ -14,7 +14,7 @@ one epoch. Settings chosen on seed 1 (win rate 0.871, KL 8.5 nats); reported on 
 
 import ml_collections
 
-from jaxpref.config_base import get_base_config
+from jaxpref.config import get_base_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
     python -m jaxpref.main --config=configs/slic.py
 """
 
-from jaxpref.config_base import get_base_config
+from jaxpref.config import get_base_config
 
 
 def get_config():

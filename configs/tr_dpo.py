@@ -6,7 +6,7 @@ Every `ref_update_every` (tau) steps: ref <- alpha * policy + (1 - alpha) * ref.
     python -m jaxpref.main --config=configs/tr_dpo.py --config.ref_update_alpha=1.0  # hard copy
 """
 
-from jaxpref.config_base import get_base_config, with_trust_region
+from jaxpref.config import get_base_config, with_trust_region
 
 
 def get_config():

@@ -257,6 +257,24 @@ def selm_loss(pc, pr, rc, rr, policy_sample_logps, ref_sample_logps, *, beta: fl
     return (losses, *_rewards(beta, hw, hl))
 
 
+def sft_loss(logps, lengths):
+    """Token-mean negative log-likelihood of a batch's completions, broadcast to ``[B]``.
+
+    Every entry is ``-sum_b logps[b] / max(sum_b lengths[b], 1)`` (TRL's DPO ``sft`` loss type
+    and the usual SFT objective), so the step's mean over the batch is the token mean.
+
+    Args:
+      logps: ``[B]`` summed completion log-probs.
+      lengths: ``[B]`` counted completion tokens.
+
+    Returns:
+      ``[B]`` float32.
+    """
+    logps, lengths = _f32(logps, lengths)
+    token_mean = -jnp.sum(logps) / jnp.maximum(jnp.sum(lengths), 1.0)
+    return jnp.broadcast_to(token_mean, logps.shape)
+
+
 def bradley_terry_loss(chosen_scores, rejected_scores):
     """Reward-model loss ``-log sigmoid(s_w - s_l)``; ``[B], [B] -> [B]``."""
     sw, sl = _f32(chosen_scores, rejected_scores)

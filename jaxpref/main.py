@@ -1,14 +1,17 @@
-"""Runs a whole preference-optimization job.
+"""Runs a whole job: offline preference optimization, SFT, a reward model, or an online method.
 
     python -m jaxpref.main --config=configs/dpo.py --workdir=runs/dpo
-    python -m jaxpref.main --config=configs/tr_dpo.py --config.beta=0.05 --config.num_steps=500
+    python -m jaxpref.main --config=configs/selm.py --config.beta=0.05
 
-Sections: Config -> Policy -> Data -> Step -> Checkpoint -> Loop -> Eval. The same command
-resumes from ``<workdir>/checkpoints`` when a checkpoint exists.
+Sections: Config -> Mesh -> Policy and judge -> Trainer (``setup``) -> Rounds -> Eval -> Outputs. Every job is
+a sequence of rounds that its method (``jaxpref.methods``) produces and one trainer runs
+(``jaxpref.train.rounds``), on the configured mesh, in one or several processes. The same
+command resumes from ``<workdir>/checkpoints`` when a checkpoint exists.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,16 +22,18 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxpref import components, distributed, evaluation, sharding
-from jaxpref.checkpointing import Checkpointer
-from jaxpref.compiler_options import train_compiler_options
-from jaxpref.config_checks import validate_config
-from jaxpref.data import BatchStream
-from jaxpref.loop import Preempted, run_steps
-from jaxpref.metrics_log import MetricsLogger, read_metrics
-from jaxpref.objectives import LossHParams, get_objective
-from jaxpref.train_state import create_train_state
-from jaxpref.train_step import batch_groups, make_train_step
+from jaxpref.config import require, validate_config
+from jaxpref.data.batches import default_buckets
+from jaxpref.infer.judges import make_judge
+from jaxpref.methods import Method, get_method
+from jaxpref.methods.context import Context
+from jaxpref.objectives import OBJECTIVES
+from jaxpref.policy import resolve_policy
+from jaxpref.runtime import distributed, sharding
+from jaxpref.runtime.checkpointing import Checkpointer
+from jaxpref.runtime.metrics_log import MetricsLogger, read_metrics
+from jaxpref.train.loop import Preempted
+from jaxpref.train.rounds import Trainer, run_rounds
 
 log = logging.getLogger("jaxpref")
 
@@ -36,52 +41,91 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.p
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<method>).")
 
 
-def loss_hparams(cfg) -> LossHParams:
-    return LossHParams(
-        beta=cfg.beta, label_smoothing=cfg.label_smoothing, delta=cfg.delta, sft_weight=cfg.sft_weight,
-        desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
-        selm_alpha=cfg.selm_alpha, ipo_average=cfg.ipo_average,
-    )
+def check_batch_sizes(cfg, mesh) -> None:
+    """Every global batch splits evenly over the mesh's batch axes and the processes."""
+    split = mesh.shape["data"] * mesh.shape["fsdp"]
+    for key in ("batch_size", "sampling.batch_size", "eval.batch_size"):
+        node, *rest = key.split(".")
+        value = cfg[node][rest[0]] if rest else cfg[node]
+        require(value % split == 0, key, f"{value} is not divisible by mesh data*fsdp = {split}")
+        require(value % jax.process_count() == 0, key,
+                f"{value} is not divisible by the number of processes ({jax.process_count()})")
 
 
-def run(cfg, workdir: str) -> dict:
-    """Trains, evaluates and writes ``summary.json``; returns the summary."""
+@dataclasses.dataclass
+class Job:
+    """A job set up and ready to run: its method, what the method sees, and the trainer."""
+
+    cfg: object
+    workdir: str
+    method: Method
+    ctx: Context
+    trainer: Trainer
+    logger: MetricsLogger
+    checkpointer: Checkpointer
+
+
+def setup(cfg, workdir: str) -> Job:
+    """Config -> Mesh -> Policy and judge -> Trainer: everything before the first round."""
     distributed.initialize(cfg)  # before anything touches devices; a no-op for one process
-    t_start = time.perf_counter()
     # --- Config ---------------------------------------------------------------------------
-    validate_config(cfg)
+    method = get_method(cfg.job)
+    validate_config(cfg, method.objectives(cfg))
+    method.validate(cfg)
     os.makedirs(workdir, exist_ok=True)
     if distributed.is_main_process():
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
-    job = JOBS.get(cfg.job)
-    if job is None:
-        raise ValueError(f"config.job: unknown job {cfg.job!r}; known: {sorted(JOBS)}")
 
     # --- Mesh -------------------------------------------------------------------------------
     mesh = sharding.make_mesh(cfg.mesh)
     rules = sharding.resolve_rules(cfg.mesh.rules)
+    check_batch_sizes(cfg, mesh)
     log.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(), jax.process_count())
 
-    # --- Policy -----------------------------------------------------------------------------
-    policy = components.resolve_policy(cfg)
+    # --- Policy and judge -------------------------------------------------------------------
+    policy = resolve_policy(cfg, mesh, rules, pretrained_sft=not method.random_init)
+    model, params = method.make_model(policy) if method.make_model else (policy.model, policy.params)
+    judge = make_judge(cfg, policy, mesh, rules) if method.uses_judge else None
 
-    summary, final_params = job(cfg, workdir, policy, mesh, rules)
+    # --- Trainer: step, checkpoints, loop ---------------------------------------------------
+    max_length = policy.task.max_length if policy.task is not None else cfg.data.max_length
+    buckets = tuple(default_buckets(max_length))
+    logger = MetricsLogger(workdir)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
+    trainer = Trainer(model=model, start_params=params, cfg=cfg, mesh=mesh, rules=rules, pad_id=policy.pad_id,
+                      buckets=buckets, logger=logger, checkpointer=ckpt, round_dir=os.path.join(workdir, "rounds"))
+    sft_params = trainer.start_params if model is policy.model else jax.device_put(
+        policy.params, sharding.param_shardings(policy.params, mesh, rules))
+    ctx = Context(cfg, policy, model, judge, mesh, sft_params, buckets=buckets, workdir=workdir)
+    return Job(cfg, workdir, method, ctx, trainer, logger, ckpt)
+
+
+def run(cfg, workdir: str) -> dict:
+    """Trains, evaluates and writes ``summary.json``; returns the summary."""
+    t_start = time.perf_counter()
+    job = setup(cfg, workdir)
+    method, ctx, policy = job.method, job.ctx, job.ctx.policy
+
+    # --- Rounds -----------------------------------------------------------------------------
+    result = run_rounds(method, ctx, job.trainer)
+    job.logger.close()
+    job.checkpointer.close()
 
     # --- Eval and outputs -------------------------------------------------------------------
-    if policy.task is not None and cfg.job != "reward_model":
-        prompts = policy.task.eval_prompts(cfg.seed, cfg.eval.num_prompts)
-        summary.update(evaluation.evaluate_against_sft(
-            policy.model, final_params, policy.params, prompts, policy.reward_fn, jax.random.PRNGKey(cfg.seed + 10_000),
-            eos_id=policy.eos_id, pad_id=policy.pad_id, max_new_tokens=cfg.eval.max_new_tokens,
-            batch_size=cfg.eval.batch_size, temperature=cfg.eval.temperature, top_k=cfg.eval.top_k,
-            top_p=cfg.eval.top_p,
-        ))
+    losses = method.objectives(cfg)
+    summary = {"method": cfg.method, "job": cfg.job, "loss": cfg.loss,
+               "loss_hparams": {h: cfg[h] for o in losses for h in OBJECTIVES[o].hparams},
+               "judge": cfg.judge.kind if method.uses_judge else None, "sft": policy.info,
+               **sharding.describe(ctx.mesh), **method.summarize(ctx, result),
+               "train_tokens_per_second": result.tokens_per_second, "skipped_steps": result.skipped_steps}
+    if method.evaluate_policy and policy.task is not None:
+        summary.update(ctx.evaluate(result.params, cfg.eval.num_prompts))
     for example in summary.get("examples", []):  # readable samples next to the token ids
         for key in ("prompt", "policy", "sft"):
             example[f"{key}_text"] = policy.tokenizer.decode(example[key], skip_special_tokens=False)
     summary["wall_seconds"] = time.perf_counter() - t_start
-    export_params = sharding.to_host(final_params) if cfg.export_dir else None  # a collective: every process
+    export_params = sharding.to_host(result.params) if cfg.export_dir else None  # a collective: every process
     if distributed.is_main_process():
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
@@ -89,119 +133,11 @@ def run(cfg, workdir: str) -> dict:
         if cfg.export_dir:
             from jaxpref.models import save_pretrained
 
-            save_pretrained(policy.model, export_params, cfg.export_dir)
+            save_pretrained(ctx.model, export_params, cfg.export_dir)
             policy.tokenizer.save_pretrained(cfg.export_dir)
-    log.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k not in ("examples", "extra")}))
+    log.info("summary: %s", json.dumps({k: v for k, v in summary.items()
+                                        if k not in ("examples", "rounds", "iterations", "curves")}))
     return summary
-
-
-def run_offline(cfg, workdir: str, policy: components.Policy, mesh, rules) -> tuple[dict, object]:
-    """DPO-family and trust-region training on a fixed preference dataset."""
-    objective = get_objective(cfg.loss)
-    frozen_ref = cfg.ref_update_every == 0
-    model, sft_params = policy.model, policy.params
-
-    # --- Data -------------------------------------------------------------------------------
-    examples, held_out, data_report = components.resolve_data(cfg, policy, objective)
-    buckets = components.buckets_for(cfg, policy)
-    stream = BatchStream(examples, batch_size=cfg.batch_size, pad_id=policy.pad_id, buckets=buckets, seed=cfg.seed,
-                         process_index=jax.process_index(), process_count=jax.process_count())
-    use_precomputed = objective.needs_reference and frozen_ref and cfg.precompute_ref_logps and objective.paired
-    ref_table = None
-    if use_precomputed:
-        ref_table = components.precompute_reference(model, sft_params, examples, pad_id=policy.pad_id,
-                                                    buckets=buckets, batch_size=cfg.batch_size,
-                                                    share_prompt=cfg.share_prompt)
-
-    # --- Step -------------------------------------------------------------------------------
-    tx = components.make_optimizer(cfg.optimizer, cfg.num_steps)
-    keep_reference = objective.needs_reference and not use_precomputed
-    rng = jax.random.PRNGKey(cfg.seed)
-    abstract = jax.eval_shape(lambda p: create_train_state(p, tx, rng=rng, with_reference=keep_reference), sft_params)
-    shardings = sharding.train_state_shardings(abstract, tx, mesh, rules)
-    step_fn = sharding.jit_train_step(
-        make_train_step(model, objective, loss_hparams(cfg), tx, ref_update_every=cfg.ref_update_every,
-                        ref_update_alpha=cfg.ref_update_alpha),
-        shardings, mesh, compiler_options=train_compiler_options(model.config.hidden_size),
-    )
-    state = sharding.create_sharded_train_state(sft_params, tx, shardings, rng=rng, with_reference=keep_reference)
-    sft_params = jax.device_put(sft_params, shardings.params)  # on the mesh, for the held-out eval
-
-    # --- Checkpoint -------------------------------------------------------------------------
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
-    start_step = 0
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state)
-        start_step = int(state.step)
-        log.info("resumed from step %d (%s)", start_step, meta)
-
-    # --- Loop -------------------------------------------------------------------------------
-    def batch_at(step):
-        groups, extras = batch_groups(stream.batch_at(step), share_prompt=cfg.share_prompt, pad_id=policy.pad_id,
-                                      packed_sizes=stream.packed_sizes(step) if cfg.share_prompt else None)
-        if ref_table is not None:
-            idx = stream.global_indices(step).reshape(stream.process_count, -1)[stream.process_index]
-            extras = {**extras, **{f"ref_{k}": v[idx] for k, v in ref_table.items()}}
-        return sharding.global_batch(groups, mesh), sharding.global_batch(extras, mesh)
-
-    logger = MetricsLogger(workdir)
-    state, stats = run_steps(step_fn, state, batch_at, start=start_step, stop=cfg.num_steps, logger=logger,
-                             log_every=cfg.log_every, checkpointer=ckpt, checkpoint_every=cfg.checkpoint_every,
-                             meta={"method": cfg.method}, desc=cfg.method, on_nonfinite=cfg.on_nonfinite)
-    logger.close()
-    ckpt.close()
-
-    summary = {
-        "method": cfg.method,
-        "loss": cfg.loss,
-        "steps": int(state.step),
-        "resumed_from_step": start_step,
-        "train_tokens_per_second": stats.tokens_per_second,
-        "skipped_steps": stats.skipped_steps,
-        "data": data_report,
-        "sft": policy.info,
-    }
-    if held_out:
-        summary.update(evaluation.held_out_preference_accuracy(
-            model, state.params, sft_params, held_out, pad_id=policy.pad_id, buckets=buckets,
-            batch_size=cfg.batch_size, beta=cfg.beta,
-        ))
-    return summary, state.params
-
-
-def run_online(cfg, workdir: str, policy: components.Policy, mesh, rules) -> tuple[dict, object]:
-    """RSO, SPPO, SELM or active DPO: rounds of sampling, judging and training (on the default
-    device: the online trainers do not use the mesh yet)."""
-    from jaxpref import online, online_job
-    from jaxpref.methods import active, rso, selm, sppo
-
-    method = {"rso": rso, "sppo": sppo, "selm": selm, "active_dpo": active}[cfg.job]
-    logger = MetricsLogger(workdir)
-    checkpoints = online.RoundCheckpoints(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
-    ctx = online_job.OnlineContext(cfg, workdir, policy, online_job.make_judge(cfg, policy),
-                                   online.Trainer(policy.model, cfg, logger, loss_hparams(cfg)), checkpoints)
-    result = method.run(ctx)
-    logger.close()
-    checkpoints.close()
-    if "plot" in result and jax.process_index() == 0:
-        name, curves = result["plot"]
-        online_job.plot_curves(os.path.join(workdir, name), curves)
-    summary = {"method": cfg.method, "loss": cfg.loss, "job": cfg.job, "judge": cfg.judge.kind,
-               "sft": policy.info, **result.get("extra", {})}
-    stats = result.get("stats")
-    if stats is not None:
-        summary["train_tokens_per_second"] = stats.tokens_per_second
-    return summary, result["params"]
-
-
-def run_reward_model(cfg, workdir: str, policy: components.Policy, mesh, rules) -> tuple[dict, object]:
-    from jaxpref.methods import reward_model
-
-    return reward_model.run(cfg, workdir, policy), policy.params
-
-
-JOBS = {"offline": run_offline, "rso": run_online, "sppo": run_online, "selm": run_online,
-        "active_dpo": run_online, "reward_model": run_reward_model}
 
 
 def plot_training_curves(workdir: str) -> None:

@@ -24,16 +24,16 @@ import jax
 import numpy as np
 import optax
 
-from jaxpref import distributed, sharding
-from jaxpref.checkpointing import Checkpointer
-from jaxpref.config_checks import ConfigError
+from jaxpref.config import ConfigError
 from jaxpref.data import BatchStream
+from jaxpref.infer.sampling import SampleOutput, generate, left_pad
 from jaxpref.models import init_model
-from jaxpref.objectives import LossHParams, get_objective
-from jaxpref.sampling import SampleOutput, generate, left_pad
+from jaxpref.objectives import default_hparams, get_objective
+from jaxpref.runtime import distributed, sharding
+from jaxpref.runtime.checkpointing import Checkpointer
 from jaxpref.tasks.synthetic import EOS, EchoTask
-from jaxpref.train_state import TrainState, create_train_state
-from jaxpref.train_step import batch_groups, make_train_step
+from jaxpref.train.state import TrainState, create_sharded_train_state, create_train_state, train_state_shardings
+from jaxpref.train.step import batch_groups, make_train_step
 
 TASK = EchoTask()
 MODEL = dict(vocab_size=TASK.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
@@ -54,7 +54,7 @@ def tiny_job():
     """``(model, params, tx, step)``: the tiny model, AdamW and the unjitted DPO step."""
     model, params = init_model(MODEL, seed=0)
     tx = optax.adamw(LEARNING_RATE)
-    return model, params, tx, make_train_step(model, get_objective("dpo"), LossHParams(), tx)
+    return model, params, tx, make_train_step(model, get_objective("dpo"), default_hparams(get_objective("dpo")), tx)
 
 
 def batch_stream() -> BatchStream:
@@ -111,8 +111,8 @@ def flat_numpy(tree) -> dict[str, np.ndarray]:
 def train(mesh, steps: int = STEPS):
     """``(losses, state, shardings, step_fn)`` after ``steps`` sharded DPO steps on ``mesh``."""
     _, params, tx, step = tiny_job()
-    shardings = sharding.train_state_shardings(abstract_state(params, tx), tx, mesh, sharding.resolve_rules(RULES))
-    state = sharding.create_sharded_train_state(params, tx, shardings, rng=jax.random.PRNGKey(0), with_reference=True)
+    shardings = train_state_shardings(abstract_state(params, tx), tx, mesh, sharding.resolve_rules(RULES))
+    state = create_sharded_train_state(params, tx, shardings, rng=jax.random.PRNGKey(0), with_reference=True)
     step_fn = sharding.jit_train_step(step, shardings, mesh)
     stream = batch_stream()
     losses = []
@@ -137,7 +137,7 @@ def check_restore_on_other_mesh(state: TrainState, saved_on: tuple[int, ...], ou
     ckpt = Checkpointer(os.path.join(out, "checkpoints"))
     ckpt.save(STEPS, state, {"mesh": list(saved_on)})
     mesh = sharding.make_mesh(dict(data=2, fsdp=4, tensor=1))
-    target = sharding.train_state_shardings(abstract_state(params, tx), tx, mesh, sharding.resolve_rules(RULES))
+    target = train_state_shardings(abstract_state(params, tx), tx, mesh, sharding.resolve_rules(RULES))
     restored, meta = ckpt.restore(sharding.with_shardings(abstract_state(params, tx), target))
     ckpt.close()
     equal = jax.tree.map(np.array_equal, jax.device_get(state), jax.device_get(restored))

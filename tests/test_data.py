@@ -13,13 +13,6 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from jaxpref.batches import (
-    PairedBatch,
-    PairExample,
-    UnpairedBatch,
-    UnpairedExample,
-    default_buckets,
-)
 from jaxpref.data import (
     BadRowError,
     BatchStream,
@@ -30,6 +23,13 @@ from jaxpref.data import (
     encode_unpaired,
     load_and_encode,
     load_preference_dataset,
+)
+from jaxpref.data.batches import (
+    PairedBatch,
+    PairExample,
+    UnpairedBatch,
+    UnpairedExample,
+    default_buckets,
 )
 
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>", "<eot>"]

@@ -20,9 +20,9 @@ import pytest
 
 from jaxpref import assets
 from jaxpref.assets import AssetError, asset_path
+from jaxpref.infer.sampling import completions_to_lists, generate, left_pad
 from jaxpref.models import forward, load_gguf, load_pretrained, load_tokenizer
 from jaxpref.models.gguf import gguf_tokenizer, hf_tensor_name, unpermute_rope_rows
-from jaxpref.sampling import completions_to_lists, generate, left_pad
 
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")

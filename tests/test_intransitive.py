@@ -5,9 +5,8 @@ import types
 import numpy as np
 import pytest
 
-from jaxpref.config_base import get_base_config
-from jaxpref.judges import OracleJudge
-from jaxpref.online_job import make_judge
+from jaxpref.config import get_base_config
+from jaxpref.infer.judges import HostJudge, OracleJudge, make_judge
 from jaxpref.tasks.intransitive import DEFAULT_CYCLE_PROB, NO_STYLE, IntransitiveJudge, cycle_outcome, response_style
 from jaxpref.tasks.synthetic import BOS, EOS, NUM_SPECIAL, SEP, EchoTask
 
@@ -65,9 +64,10 @@ def test_pairwise_only_and_argument_checks():
 def test_make_judge_builds_it_from_the_config():
     cfg = get_base_config()
     cfg.judge.kind = "intransitive"
-    judge = make_judge(cfg, types.SimpleNamespace(task=TASK))
-    assert isinstance(judge, IntransitiveJudge) and judge.cycle_prob == DEFAULT_CYCLE_PROB
+    judge = make_judge(cfg, types.SimpleNamespace(task=TASK), None, None)
+    assert isinstance(judge, HostJudge) and isinstance(judge.inner, IntransitiveJudge)
+    assert judge.cycle_prob == DEFAULT_CYCLE_PROB
     cfg.judge.cycle_prob = 0.25
-    assert make_judge(cfg, types.SimpleNamespace(task=TASK)).cycle_prob == 0.25
+    assert make_judge(cfg, types.SimpleNamespace(task=TASK), None, None).cycle_prob == 0.25
     with pytest.raises(ValueError, match="echo task"):
-        make_judge(cfg, types.SimpleNamespace(task=None))
+        make_judge(cfg, types.SimpleNamespace(task=None), None, None)

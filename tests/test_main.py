@@ -1,6 +1,5 @@
 """End-to-end jobs on the built-in task at toy sizes: outputs, resume, CLI flags, config errors."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -10,49 +9,23 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import ROOT, load_config, toy, toy_cli_flags
 
-from jaxpref.config_checks import ConfigError
+from jaxpref.config import ConfigError
 from jaxpref.main import run
 from jaxpref.models import load_pretrained
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def load_config(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def toy(cfg, cache_dir, **overrides):
-    cfg.sft.cache_dir = str(cache_dir)
-    cfg.sft.steps, cfg.sft.num_examples, cfg.sft.batch_size = 30, 512, 32
-    cfg.data.num_pairs, cfg.batch_size, cfg.num_steps = 128, 16, 6
-    cfg.eval.num_prompts, cfg.eval.batch_size = 32, 32
-    cfg.log_every, cfg.checkpoint_every = 2, 3
-    for k, v in overrides.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("sft_cache")
-
-
-def test_dpo_job_writes_summary_metrics_plot_and_export(tmp_path, cache_dir):
-    cfg = toy(load_config("dpo"), cache_dir, export_dir=str(tmp_path / "export"))
+def test_dpo_job_writes_summary_metrics_plot_and_export(tmp_path, sft_cache):
+    cfg = toy(load_config("dpo"), sft_cache, export_dir=str(tmp_path / "export"))
     summary = run(cfg, str(tmp_path / "run"))
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     for key in ("method", "steps", "win_rate_vs_sft", "mean_reward", "sft_mean_reward", "kl_vs_sft",
                 "train_tokens_per_second"):
         assert key in on_disk, key
     assert on_disk["steps"] == 6 and on_disk["num_prompts"] == 32
+    assert on_disk["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1} and on_disk["devices"] == on_disk["processes"] == 1
+    assert on_disk["loss_hparams"] == {"beta": 0.1, "label_smoothing": 0.0}
     assert 0.0 <= summary["win_rate_vs_sft"] <= 1.0
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
@@ -62,21 +35,21 @@ def test_dpo_job_writes_summary_metrics_plot_and_export(tmp_path, cache_dir):
     model, params = load_pretrained(str(tmp_path / "export"))
     assert model.config.vocab_size == 28
     # The SFT policy was cached: a second job reuses it.
-    again = run(toy(load_config("ipo"), cache_dir), str(tmp_path / "run2"))
+    again = run(toy(load_config("ipo"), sft_cache), str(tmp_path / "run2"))
     assert again["sft"]["sft_cached"] is True
 
 
 @pytest.mark.parametrize("name", ["tr_dpo"])  # the reference is part of the restored state
-def test_killed_run_resumes_from_checkpoint_with_identical_result(tmp_path, cache_dir, name):
-    straight = toy(load_config(name), cache_dir, export_dir=str(tmp_path / "a_export"))
+def test_killed_run_resumes_from_checkpoint_with_identical_result(tmp_path, sft_cache, name):
+    straight = toy(load_config(name), sft_cache, export_dir=str(tmp_path / "a_export"))
     run(straight, str(tmp_path / "a"))
     # Second run: stop after the step-3 checkpoint (as a kill would), then relaunch the same job.
-    first = toy(load_config(name), cache_dir)
+    first = toy(load_config(name), sft_cache)
     workdir = tmp_path / "b"
     run(first, str(workdir))
     ckpts = workdir / "checkpoints"
     shutil.rmtree(ckpts / "6")  # lose everything after step 3
-    resumed = toy(load_config(name), cache_dir, export_dir=str(tmp_path / "b_export"))
+    resumed = toy(load_config(name), sft_cache, export_dir=str(tmp_path / "b_export"))
     summary = run(resumed, str(workdir))
     assert summary["resumed_from_step"] == 3 and summary["steps"] == 6
     a = load_pretrained(str(tmp_path / "a_export"))[1]
@@ -85,25 +58,29 @@ def test_killed_run_resumes_from_checkpoint_with_identical_result(tmp_path, cach
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
 
 
-def test_bad_config_values_fail_before_compiling(tmp_path, cache_dir):
+def test_bad_config_values_fail_before_compiling(tmp_path, sft_cache):
     for key, value, match in [("beta", 0.0, "config.beta"), ("ref_update_alpha", 1.5, "config.ref_update_alpha"),
                               ("loss", "dpoo", "config.loss"), ("batch_size", 0, "config.batch_size"),
-                              ("model.scan_unroll", -3, "config.model.scan_unroll")]:
-        cfg = toy(load_config("dpo"), cache_dir, **{key: value})
+                              ("model.scan_unroll", -3, "config.model.scan_unroll"),
+                              ("optimizer.learning_rate", 1e39, "config.optimizer.learning_rate: must be in"),
+                              ("delta", 2.0, "config.delta: set to 2.0, but the job's loss \\(dpo\\) does not read"),
+                              ("loss", "sppo", "config.loss: the offline job cannot train with 'sppo'"),
+                              ("job", "dpo", "config.job: unknown job 'dpo'")]:
+        cfg = toy(load_config("dpo"), sft_cache, **{key: value})
         with pytest.raises(ConfigError, match=match):
             run(cfg, str(tmp_path / "bad"))
     for key, value, match in [("active.strategies", "random,bald", "config.active.strategies"),
-                              ("active.certainty", "mean", "config.active.certainty")]:
-        cfg = toy(load_config("active_dpo"), cache_dir, **{key: value})
+                              ("active.certainty", "mean", "config.active.certainty"),
+                              ("loss", "selm", "config.loss: the active_dpo job cannot train with 'selm'")]:
+        cfg = toy(load_config("active_dpo"), sft_cache, **{key: value})
         with pytest.raises(ConfigError, match=match):
             run(cfg, str(tmp_path / "bad_active"))
 
 
-def test_cli_overrides_and_typo_rejection(tmp_path, cache_dir):
+def test_cli_overrides_and_typo_rejection(tmp_path, sft_cache):
     env = {**os.environ, "JAXPREF_CACHE_DIR": str(tmp_path / "cache")}
     base = [sys.executable, "-m", "jaxpref.main", "--config=configs/slic.py", f"--workdir={tmp_path / 'cli'}",
-            f"--config.sft.cache_dir={cache_dir}", "--config.sft.steps=30", "--config.sft.num_examples=512",
-            "--config.sft.batch_size=32", "--config.data.num_pairs=64", "--config.batch_size=16",
+            *toy_cli_flags(sft_cache), "--config.data.num_pairs=64", "--config.batch_size=16",
             "--config.num_steps=2", "--config.eval.num_prompts=16", "--config.eval.batch_size=16",
             "--config.log_every=1"]
     done = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -154,19 +131,21 @@ def test_job_on_own_hf_checkpoint_and_local_dataset(tmp_path, config, rows):
     assert load_pretrained(str(tmp_path / "export"))[0].config.vocab_size == 16
 
 
-def test_model_remat_reaches_the_policy_and_leaves_results_unchanged(cache_dir):
-    from jaxpref import components
-    from jaxpref.batches import collate_pairs
-    from jaxpref.train_step import batch_groups, grouped_logps
+def test_model_remat_reaches_the_policy_and_leaves_results_unchanged(sft_cache):
+    from jaxpref.data.batches import collate_pairs
+    from jaxpref.policy import resolve_policy
+    from jaxpref.runtime import sharding
+    from jaxpref.train.step import batch_groups, grouped_logps
 
-    cfg = toy(load_config("dpo"), cache_dir)
-    plain = components.resolve_policy(cfg)
+    cfg = toy(load_config("dpo"), sft_cache)
+    mesh, rules = sharding.make_mesh(cfg.mesh), sharding.resolve_rules(cfg.mesh.rules)
+    plain = resolve_policy(cfg, mesh, rules)
     cfg.model.remat = True
     cfg.model.scan_unroll = 1
-    remat = components.resolve_policy(cfg)
+    remat = resolve_policy(cfg, mesh, rules)
     assert remat.model.remat is True and plain.model.remat is False
     assert remat.model.scan_unroll == 1 and plain.model.scan_unroll == 0
-    pairs = components.offline_pairs(cfg, plain)[:8]
+    pairs = plain.task.preference_dataset(cfg.seed, cfg.data.num_pairs)[:8]
     groups, _ = batch_groups(collate_pairs(pairs, pad_id=plain.pad_id, buckets=[32]))
 
     def loss(model, params):

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import sharding_driver as driver
 
-from jaxpref import distributed, sharding
-from jaxpref.checkpointing import Checkpointer
-from jaxpref.config_checks import ConfigError
+from jaxpref.config import ConfigError
+from jaxpref.runtime import distributed, sharding
+from jaxpref.runtime.checkpointing import Checkpointer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -2,12 +2,13 @@
 tiny round of every online job (RSO, SPPO, SELM, active DPO, reward model)."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_main import load_config, toy
+from helpers import load_config, tiny_online, toy
 
 from jaxpref.main import run
 from jaxpref.methods.active import (
@@ -22,6 +23,7 @@ from jaxpref.methods.active import (
 )
 from jaxpref.methods.rso import first_round_pairs, statistical_rejection_sampling, tournament_pairs
 from jaxpref.methods.sppo import preference_matrix, win_rate_estimates
+from jaxpref.models import load_pretrained
 
 # --- RSO ----------------------------------------------------------------------------------
 
@@ -128,27 +130,14 @@ def test_acquisition_functions():
 # --- one tiny round of every online job --------------------------------------------------
 
 
-def tiny_online(name, cache_dir, **overrides):
-    cfg = toy(load_config(name), cache_dir, **overrides)
-    cfg.num_prompts, cfg.num_steps = 32, 4
-    cfg.sampling.batch_size = 64
-    cfg.eval.round_prompts = 16
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("sft_cache_online")
-
-
 @pytest.mark.parametrize("name,overrides,key", [
     ("rso", {"rso.num_samples": 4, "rso.num_accept": 4}, "num_pairs"),
     ("sppo", {"sppo.iterations": 1}, "iterations"),
     ("selm", {"selm.rounds": 2}, "rounds"),
     ("active_dpo", {"active.acquisitions": 1, "active.labels_per_step": 16, "active.pool_size": 32}, "curves"),
 ])
-def test_online_job_runs_one_tiny_round(tmp_path, cache_dir, name, overrides, key):
-    summary = run(tiny_online(name, cache_dir, **overrides), str(tmp_path))
+def test_online_job_runs_one_tiny_round(tmp_path, sft_cache, name, overrides, key):
+    summary = run(tiny_online(name, sft_cache, **overrides), str(tmp_path))
     assert key in summary and 0.0 <= summary["win_rate_vs_sft"] <= 1.0
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["job"] == name
@@ -159,23 +148,83 @@ def test_online_job_runs_one_tiny_round(tmp_path, cache_dir, name, overrides, ke
         assert summary["rounds"][1]["distinct_samples"] is not None
 
 
-def test_selm_resumes_after_the_last_finished_round(tmp_path, cache_dir):
-    cfg = tiny_online("selm", cache_dir, **{"selm.rounds": 2})
-    run(cfg, str(tmp_path))
+def test_selm_resumes_mid_round_and_after_a_finished_round_to_identical_params(tmp_path, sft_cache):
+    """Round 1 ends at step 4, round 2 (sampled from round 1's policy) at step 8; checkpoints every 3
+    steps. Losing round 2's checkpoints resumes after round 1 and samples round 2 again; losing
+    only the last one resumes round 2 at step 6 on its saved data. Both end where an
+    uninterrupted run ends."""
     import shutil
 
-    shutil.rmtree(tmp_path / "checkpoints" / "2")  # as if killed during round 2
-    again = run(tiny_online("selm", cache_dir, **{"selm.rounds": 2}), str(tmp_path))
-    assert [r["round"] for r in again["rounds"]] == [1, 2]
+    def job(export):
+        return tiny_online("selm", sft_cache, **{"selm.rounds": 2, "keep_checkpoints": 10, "export_dir": str(export)})
+
+    run(job(tmp_path / "straight"), str(tmp_path / "a"))
+    want = jax.tree.leaves(load_pretrained(str(tmp_path / "straight"))[1])
+    workdir = tmp_path / "b"
+    run(job(tmp_path / "unused"), str(workdir))
+    assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == [3, 4, 6, 8]
+    for lost, resumed_at in (([6, 8], 4), ([8], 6)):
+        for step in lost:
+            shutil.rmtree(workdir / "checkpoints" / str(step))
+        export = tmp_path / f"resumed_{resumed_at}"
+        summary = run(job(export), str(workdir))
+        assert [r["round"] for r in summary["rounds"]] == [1, 2]
+        assert summary["rounds"][1]["final_loss"] is not None
+        for a, b in zip(want, jax.tree.leaves(load_pretrained(str(export))[1])):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
 
 
-def test_reward_model_job_and_judge(tmp_path, cache_dir):
-    cfg = toy(load_config("reward_model"), cache_dir)
+def compiles_per_round(monkeypatch, cfg, workdir) -> tuple[list[int], dict]:
+    """Runs ``cfg`` and counts XLA compilations from each round's ``make_round`` call to the next
+    one (sampling, judging, reference pass, training, quick evaluation); the last entry counts what
+    follows the last round (the final evaluation)."""
+    import dataclasses
+
+    from jax import monitoring
+
+    from jaxpref import main
+
+    counts: list[int] = []
+
+    def listener(name, _duration, **_):
+        if name == "/jax/core/compile/backend_compile_duration" and counts:
+            counts[-1] += 1
+
+    method = main.get_method(cfg.job)
+
+    def make_round(ctx, index):
+        counts.append(0)
+        return method.make_round(ctx, index)
+
+    monkeypatch.setattr(main, "get_method", lambda _: dataclasses.replace(method, make_round=make_round))
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        summary = main.run(cfg, str(workdir))
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    return counts, summary
+
+
+@pytest.mark.parametrize("name,overrides,same_as_previous", [
+    ("selm", {"selm.rounds": 3}, 2),  # round 1 is DPO on offline pairs, rounds 2-3 SELM on samples
+    ("sppo", {"sppo.iterations": 2}, 1),
+])
+def test_a_repeated_round_compiles_nothing(monkeypatch, tmp_path, sft_cache, name, overrides, same_as_previous):
+    cfg = tiny_online(name, sft_cache, **overrides)
+    cfg.eval.round_prompts = cfg.eval.num_prompts  # the final evaluation has the quick evaluations' shapes
+    counts, summary = compiles_per_round(monkeypatch, cfg, tmp_path)
+    assert len(counts) == same_as_previous + 2  # every round, then the final evaluation
+    assert counts[0] > 0  # the first round compiles its step, sampler, scoring and evaluation
+    assert counts[same_as_previous:] == [0, 0], counts  # the same shapes again: nothing new
+
+
+def test_reward_model_job_and_judge(tmp_path, sft_cache):
+    cfg = toy(load_config("reward_model"), sft_cache)
     cfg.num_steps = 30
     summary = run(cfg, str(tmp_path / "rm"))
     assert 0.0 <= summary["oracle_agreement"] <= 1.0
     # The saved model is usable as a judge by an online job.
-    rso = tiny_online("rso", cache_dir, **{"rso.num_samples": 4, "rso.num_accept": 2, "judge.kind": "reward_model",
+    rso = tiny_online("rso", sft_cache, **{"rso.num_samples": 4, "rso.num_accept": 2, "judge.kind": "reward_model",
                                            "judge.path": summary["reward_model_path"]})
     out = run(rso, str(tmp_path / "rso"))
     assert out["judge"] == "reward_model"
@@ -184,7 +233,7 @@ def test_reward_model_job_and_judge(tmp_path, cache_dir):
 def test_active_training_steps_scale_with_labels():
     import ml_collections
 
-    from jaxpref.config_base import get_base_config
+    from jaxpref.config import get_base_config
 
     cfg = get_base_config()
     cfg.batch_size, cfg.num_steps = 32, 150
@@ -192,34 +241,3 @@ def test_active_training_steps_scale_with_labels():
     assert training_steps(cfg, 64) == 150  # fixed step count
     cfg.active.epochs = 10
     assert [training_steps(cfg, n) for n in (64, 100, 512)] == [20, 32, 160]  # ceil(10 * n / 32)
-
-
-def test_rounds_of_equal_length_reuse_one_compiled_step(tmp_path):
-    """Trainer compiles the train step and the reference pass once per objective and round
-    length; a round of another length gets its own optimizer schedule."""
-    import ml_collections
-
-    from jaxpref.metrics_log import MetricsLogger
-    from jaxpref.models import init_model
-    from jaxpref.objectives import LossHParams, get_objective
-    from jaxpref.online import Trainer, build_round_data
-
-    model, params = init_model(dict(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                                    num_kv_heads=2, max_position_embeddings=64), seed=0)
-    rng = np.random.default_rng(0)
-    prompts = [list(rng.integers(2, 32, 4)) for _ in range(8)]
-    data = build_round_data(prompts, {n: [list(rng.integers(2, 32, 3)) for _ in prompts]
-                                      for n in ("chosen", "rejected")}, pad_id=0)
-    cfg = ml_collections.ConfigDict(dict(batch_size=4, log_every=100, optimizer=dict(
-        name="adamw", learning_rate=1e-3, weight_decay=0.0, warmup_steps=0, max_grad_norm=1.0)))
-    trainer = Trainer(model, cfg, MetricsLogger(str(tmp_path)), LossHParams(beta=0.1))
-    dpo = get_objective("dpo")
-    p1, _ = trainer.train_round(params, params, data, dpo, steps=2, first_step=0, seed=0, desc="r1")
-    p2, _ = trainer.train_round(p1, p1, data, dpo, steps=2, first_step=2, seed=1, desc="r2")
-    assert len(trainer._steps) == 1 and len(trainer._reference_fns) == 1
-    (_, step_fn), = trainer._steps.values()
-    assert len(step_fn._executables) == 1  # one batch shape, compiled once for both rounds
-    assert trainer._reference_fns[("chosen", "rejected")]._cache_size() == 1
-    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))  # it trained
-    trainer.train_round(p2, p2, data, dpo, steps=3, first_step=4, seed=2, desc="r3")
-    assert sorted(steps for _, steps in trainer._steps) == [2, 3]

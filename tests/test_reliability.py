@@ -12,19 +12,18 @@ import time
 import jax
 import numpy as np
 import pytest
-from test_main import ROOT, load_config, toy
+from helpers import ROOT, load_config, toy, toy_cli_flags
 
-from jaxpref.loop import NonFiniteError
 from jaxpref.main import run
 from jaxpref.models import load_pretrained
+from jaxpref.train.loop import NonFiniteError
 
 STEPS = 24
 
 
 def job_cmd(workdir, cache_dir, export_dir, *extra):
     return [sys.executable, "-m", "jaxpref.main", "--config=configs/dpo.py", f"--workdir={workdir}",
-            f"--config.sft.cache_dir={cache_dir}", "--config.sft.steps=30", "--config.sft.num_examples=512",
-            "--config.sft.batch_size=32", "--config.data.num_pairs=128", "--config.batch_size=16",
+            *toy_cli_flags(cache_dir), "--config.data.num_pairs=128", "--config.batch_size=16",
             f"--config.num_steps={STEPS}", "--config.eval.num_prompts=16", "--config.eval.batch_size=16",
             "--config.log_every=1", "--config.checkpoint_every=5", f"--config.export_dir={export_dir}", *extra]
 
@@ -50,10 +49,10 @@ def params_of(export_dir):
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
+def reference_run(tmp_path_factory, sft_cache):
     """One uninterrupted run; its exported params are what every resumed run must reproduce."""
     base = tmp_path_factory.mktemp("reference")
-    cache = base / "cache"
+    cache = sft_cache
     done = subprocess.run(job_cmd(base / "run", cache, base / "export"), cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

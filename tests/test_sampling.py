@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpref.infer.sampling import completions_to_lists, generate, left_pad, process_logits
 from jaxpref.models import forward, init_model
-from jaxpref.sampling import completions_to_lists, generate, left_pad, process_logits
 
 CFG = dict(vocab_size=19, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
            tie_word_embeddings=False, model_type="llama", max_position_embeddings=64, rope_theta=10000.0,

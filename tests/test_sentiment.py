@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxpref.models import init_model
-from jaxpref.tasks.sentiment import SentimentTask, all_prompts, make_preference_pairs
+from jaxpref.tasks.sentiment import SentimentTask, all_prompts
 
 pytest.importorskip("vaderSentiment")
 
@@ -97,6 +97,22 @@ def test_prompt_pool_and_split(task):
     assert task.max_prompt_tokens == max(len(p) for p in many_train + task.eval_prompts(0, 140))
 
 
+def make_preference_pairs(task, model, params, prompts, rng, *, num_samples=2, pairing="adjacent", batch_size=16,
+                          min_reward_gap=0.0):
+    """``methods.offline.sampled_preference_pairs`` for a policy ``(model, params)`` on ``task``."""
+    import types
+
+    from jaxpref.infer.judges import OracleJudge
+    from jaxpref.methods.offline import sampled_preference_pairs
+
+    ctx = types.SimpleNamespace(policy=types.SimpleNamespace(task=task), model=model, sft_params=params,
+                                eos_id=task.eos_id, pad_id=task.pad_id, mesh=None,
+                                cfg=types.SimpleNamespace(sampling=types.SimpleNamespace(batch_size=batch_size)),
+                                judge_rewards=OracleJudge(task).rewards)
+    return sampled_preference_pairs(ctx, prompts, rng, num_samples=num_samples, pairing=pairing,
+                                    min_reward_gap=min_reward_gap)
+
+
 @pytest.fixture(scope="module")
 def tiny_policy(task):
     config = dict(vocab_size=len(task.tokenizer), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
@@ -135,7 +151,7 @@ def test_best_worst_pairing_takes_each_prompts_extremes(tiny_policy):
     pairs = make_preference_pairs(task, model, params, prompts, jax.random.key(0), num_samples=4, batch_size=8,
                                   pairing="best_worst")
     # The same samples (same key): recompute every prompt's 4 rewards independently.
-    from jaxpref.evaluation import sample_responses
+    from jaxpref.infer.sampling import sample_responses
 
     sample_key, _ = jax.random.split(jax.random.key(0))
     repeated = [list(p) for p in prompts for _ in range(4)]

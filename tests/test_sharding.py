@@ -20,10 +20,10 @@ import pytest
 import sharding_driver as driver
 from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec
 
-from jaxpref import sharding
-from jaxpref.config_checks import ConfigError
+from jaxpref.config import ConfigError
 from jaxpref.models import CausalLM, as_model_config, init_params
-from jaxpref.train_state import create_train_state
+from jaxpref.runtime import sharding
+from jaxpref.train.state import create_train_state, train_state_shardings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -123,7 +123,7 @@ def test_train_state_shardings_optimizer_state_follows_params():
             lambda p, ref=with_reference: create_train_state(p, tx, rng=jax.random.PRNGKey(0), with_reference=ref),
             params,
         )
-        shardings = sharding.train_state_shardings(abstract, tx, mesh, rules)
+        shardings = train_state_shardings(abstract, tx, mesh, rules)
         want = sharding.param_shardings(params, mesh, rules)
         adam = shardings.opt_state[1][0]
         assert adam.mu == want and adam.nu == want

@@ -7,14 +7,14 @@ import numpy as np
 import optax
 import pytest
 
-from jaxpref.batches import PairExample, collate_pairs, collate_unpaired, pairs_to_unpaired
-from jaxpref.compiler_options import CPU_NARROW_MODEL_OPTIONS, NARROW_HIDDEN_SIZE, train_compiler_options
+from jaxpref.data.batches import PairExample, collate_pairs, collate_unpaired, pairs_to_unpaired
 from jaxpref.losses import dpo_loss, sequence_logps
 from jaxpref.models import forward, init_model
-from jaxpref.objectives import OBJECTIVES, LossHParams, get_objective
+from jaxpref.objectives import HYPERPARAMETERS, OBJECTIVES, default_hparams, get_objective
+from jaxpref.runtime.compiler_options import CPU_NARROW_MODEL_OPTIONS, NARROW_HIDDEN_SIZE, train_compiler_options
 from jaxpref.tasks.synthetic import EchoTask
-from jaxpref.train_state import create_train_state, update_reference
-from jaxpref.train_step import batch_groups, grouped_logps, make_train_step
+from jaxpref.train.state import create_train_state, update_reference
+from jaxpref.train.step import batch_groups, grouped_logps, make_train_step
 
 TASK = EchoTask()
 CFG = dict(vocab_size=TASK.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
@@ -30,6 +30,13 @@ def tiny():
 @pytest.fixture(scope="module")
 def pairs():
     return TASK.preference_dataset(seed=0, n=64)
+
+
+def dpo_step(model, tx, loss="dpo", *, ref_update_every=0, ref_update_alpha=1.0, **hparams):
+    """The unjitted train step of ``loss`` with its default hyper-parameters and ``hparams``."""
+    objective = get_objective(loss)
+    return make_train_step(model, objective, default_hparams(objective, **hparams), tx,
+                           ref_update_every=ref_update_every, ref_update_alpha=ref_update_alpha)
 
 
 def _batch(pairs, n=16):
@@ -81,7 +88,7 @@ def test_dpo_step_loss_equals_loss_function_at_init(tiny, pairs):
     model, params = tiny
     groups, extras = _batch(pairs)
     tx = optax.adamw(1e-3)
-    step = jax.jit(make_train_step(model, get_objective("dpo"), LossHParams(beta=0.1), tx))
+    step = jax.jit(dpo_step(model, tx, beta=0.1))
     state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
     _, metrics = step(state, groups, extras)
     lp = grouped_logps(model, params, groups, ("chosen", "rejected"))
@@ -95,7 +102,7 @@ def test_training_lowers_loss_and_raises_reward_accuracy(tiny, pairs, loss):
     model, params = tiny
     groups, extras = _batch(pairs, 32)
     tx = optax.adam(3e-3)
-    step = jax.jit(make_train_step(model, get_objective(loss), LossHParams(beta=0.5, delta=1.0), tx))
+    step = jax.jit(dpo_step(model, tx, loss=loss, beta=0.5, delta=1.0))
     state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
     ref_before = jax.tree.map(np.asarray, state.ref_params)
     history = []
@@ -114,7 +121,7 @@ def test_kto_step_trains_on_unpaired_batch(tiny, pairs):
     batch = collate_unpaired(pairs_to_unpaired(pairs[:16]), pad_id=0, buckets=[24])
     groups, extras = batch_groups(batch)
     tx = optax.adam(3e-3)
-    step = jax.jit(make_train_step(model, get_objective("kto"), LossHParams(beta=0.5), tx))
+    step = jax.jit(dpo_step(model, tx, loss="kto", beta=0.5))
     state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
     losses = []
     for _ in range(15):
@@ -128,7 +135,7 @@ def test_precomputed_reference_gives_the_same_step(tiny, pairs):
     model, params = tiny
     groups, extras = _batch(pairs)
     tx = optax.sgd(1e-2)  # linear in the gradient, so equal gradients give equal params
-    step = jax.jit(make_train_step(model, get_objective("dpo"), LossHParams(beta=0.1), tx))
+    step = jax.jit(dpo_step(model, tx, beta=0.1))
     with_ref = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
     without = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=False)
     ref = grouped_logps(model, params, groups, ("chosen", "rejected"))
@@ -149,7 +156,7 @@ def test_cpu_compiler_options_are_applied_and_keep_the_step(tiny, pairs):
     assert train_compiler_options(NARROW_HIDDEN_SIZE) == {}
     groups, extras = _batch(pairs)
     tx = optax.sgd(1e-2)
-    step = make_train_step(model, get_objective("dpo"), LossHParams(beta=0.1), tx)
+    step = dpo_step(model, tx, beta=0.1)
     state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
     default = jax.jit(step).lower(state, groups, extras).compile()
     tuned = jax.jit(step, compiler_options=options).lower(state, groups, extras).compile()
@@ -164,8 +171,7 @@ def test_trust_region_step_updates_reference_every_tau(tiny, pairs):
     groups, extras = _batch(pairs)
     tx = optax.adam(1e-2)
     alpha, tau = 0.6, 2
-    step = jax.jit(make_train_step(model, get_objective("dpo"), LossHParams(beta=0.1), tx,
-                                   ref_update_every=tau, ref_update_alpha=alpha))
+    step = jax.jit(dpo_step(model, tx, beta=0.1, ref_update_every=tau, ref_update_alpha=alpha))
     state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
     old_ref = jax.tree.map(np.asarray, state.ref_params)
     state, _ = step(state, groups, extras)  # step 1: no update
@@ -179,7 +185,7 @@ def test_nonfinite_step_is_skipped(tiny, pairs):
     model, params = tiny
     groups, _ = _batch(pairs)
     tx = optax.adam(1e-3)
-    step = jax.jit(make_train_step(model, get_objective("dpo"), LossHParams(beta=0.1), tx))
+    step = jax.jit(dpo_step(model, tx, beta=0.1))
     state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=False)
     bad = {"ref_chosen": jnp.full((16,), jnp.nan), "ref_rejected": jnp.zeros((16,))}
     new, m = step(state, groups, bad)
@@ -195,7 +201,7 @@ def test_step_compiles_once(tiny, pairs):
 
     def counted(state, groups, extras):
         traces.append(1)
-        return make_train_step(model, get_objective("dpo"), LossHParams(beta=0.1), tx)(state, groups, extras)
+        return dpo_step(model, tx, beta=0.1)(state, groups, extras)
 
     step = jax.jit(counted)
     state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
@@ -207,6 +213,7 @@ def test_step_compiles_once(tiny, pairs):
 def test_every_objective_declares_known_groups():
     for name, obj in OBJECTIVES.items():
         assert set(obj.groups) <= {"chosen", "rejected", "sample", "completion", "kl"}, name
+        assert set(obj.hparams) <= set(HYPERPARAMETERS), name
     with pytest.raises(ValueError, match="unknown loss"):
         get_objective("nope")
 
@@ -225,7 +232,7 @@ def test_echo_task_oracle_hand_checked():
 
 
 def test_compile_ahead_matches_jit_and_reuses_executables():
-    from jaxpref.host_memory import CompileAhead, release_free_heap
+    from jaxpref.runtime.host_memory import CompileAhead, release_free_heap
 
     calls = []
 
@@ -285,7 +292,7 @@ def test_shared_prompt_logps_equal_separate_sequences(model_type):
 
 
 def test_pack_shared_prompt_layout_and_errors():
-    from jaxpref.batches import pack_shared_prompt, packed_length
+    from jaxpref.data.batches import pack_shared_prompt, packed_length
 
     batch = collate_pairs([PairExample([5, 6], [7, 8, 9], [10])], pad_id=0, buckets=[8])
     packed = pack_shared_prompt(batch)
@@ -305,8 +312,8 @@ def test_pack_shared_prompt_layout_and_errors():
 
 def test_packed_shapes_agree_across_processes():
     """Each process packs its slice of the global batch with the global batch's sizes."""
-    from jaxpref.batches import pack_shared_prompt, packed_sizes
     from jaxpref.data import BatchStream
+    from jaxpref.data.batches import pack_shared_prompt, packed_sizes
 
     pairs = _random_pairs(np.random.default_rng(1), 16, CFG["vocab_size"], max_prompt=12, max_completion=9)
     streams = [BatchStream(pairs, batch_size=8, pad_id=0, buckets=[32], process_index=i, process_count=2)

@@ -1,4 +1,6 @@
-"""Preference data: loading, validation, tokenization (``preference``) and batching (``stream``)."""
+"""Data: batch types and collation (``batches``), loading, validation and tokenization of
+preference / SFT datasets (``preference``), deterministic resumable batching (``stream``) and a
+round's training set (``training_set``)."""
 
 from jaxpref.data.preference import (
     BadRowError,
@@ -11,11 +13,13 @@ from jaxpref.data.preference import (
     load_preference_dataset,
 )
 from jaxpref.data.stream import BatchStream
+from jaxpref.data.training_set import TrainingSet
 
 __all__ = [
     "BadRowError",
     "BatchStream",
     "Columns",
+    "TrainingSet",
     "DataReport",
     "check_json_file",
     "encode_pairs",

@@ -65,9 +65,9 @@ import datasets
 import jinja2.exceptions
 import numpy as np
 
-from jaxpref.batches import PairExample, UnpairedExample
+from jaxpref.data.batches import PairExample, UnpairedExample
 
-Kind = Literal["paired", "unpaired"]
+Kind = Literal["paired", "unpaired", "sft"]
 OnBadRow = Literal["error", "drop"]
 
 DATA_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -408,14 +408,20 @@ def _label(row: Mapping[str, Any], column: str) -> bool:
     raise _Problem(column, "invalid_label", f"expected a bool or 0/1, got {value!r}")
 
 
-def _unpaired_row(index: int, row: Mapping[str, Any], cols: Columns, tokenizer: Any) -> _RowText:
+def _unpaired_row(index: int, row: Mapping[str, Any], cols: Columns, tokenizer: Any, *,
+                  labelled: bool = True) -> _RowText:
     if cols.conversational:
         prompt = _render_prompt(tokenizer, _messages(row, cols.prompt), cols.prompt)
         completion = _assistant_content(_messages(row, cols.completion), cols.completion)
     else:
         prompt = _text(row, cols.prompt)
         completion = _response_text(_text(row, cols.completion), cols.completion)
-    return _RowText(index, prompt, (completion,), _label(row, cols.label))
+    return _RowText(index, prompt, (completion,), _label(row, cols.label) if labelled else True)
+
+
+def _sft_row(index: int, row: Mapping[str, Any], cols: Columns, tokenizer: Any) -> _RowText:
+    """A ``prompt``/``completion`` row for SFT (no label; the example is marked desirable)."""
+    return _unpaired_row(index, row, cols, tokenizer, labelled=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -530,7 +536,7 @@ def _encode(
         raise ValueError(
             f"{source_name}: conversational data needs a tokenizer with a chat_template"
         )
-    row_text = _pair_row if kind == "paired" else _unpaired_row
+    row_text = {"paired": _pair_row, "unpaired": _unpaired_row, "sft": _sft_row}[kind]
     prompt_column = cols.chosen if cols.implicit_prompt else cols.prompt
     response_columns = [cols.chosen, cols.rejected] if kind == "paired" else [cols.completion]
 
@@ -650,16 +656,8 @@ def load_and_encode(
 ) -> tuple[list[PairExample] | list[UnpairedExample], DataReport]:
     """``load_preference_dataset`` then ``encode_pairs``/``encode_unpaired``; errors name
     ``source``."""
-    if kind not in ("paired", "unpaired"):
-        raise ValueError(f"kind must be 'paired' or 'unpaired', got {kind!r}")
+    if kind not in ("paired", "unpaired", "sft"):
+        raise ValueError(f"kind must be 'paired', 'unpaired' or 'sft', got {kind!r}")
     dataset = load_preference_dataset(source, split=split)
-    encode = encode_pairs if kind == "paired" else encode_unpaired
-    return encode(
-        dataset,
-        tokenizer,
-        max_length=max_length,
-        max_prompt_length=max_prompt_length,
-        source_name=source,
-        on_bad_row=on_bad_row,
-        columns=columns,
-    )
+    return _encode(dataset, tokenizer, kind=kind, columns=columns, max_length=max_length,
+                   max_prompt_length=max_prompt_length, source_name=source, on_bad_row=on_bad_row)

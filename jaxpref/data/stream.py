@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from jaxpref.batches import (
+from jaxpref.data.batches import (
     PairedBatch,
     PairExample,
     UnpairedBatch,
@@ -30,24 +30,13 @@ from jaxpref.batches import (
     collate_pairs,
     collate_unpaired,
     packed_sizes,
+    pairs_length,
+    responses_of,
+    unpaired_length,
 )
 
 Example = PairExample | UnpairedExample
 Batch = PairedBatch | UnpairedBatch
-
-
-def _pairs_length(examples: Sequence[PairExample]) -> int:
-    """Tokens needed by the longest row of ``collate_pairs(examples)``."""
-    return max(len(e.prompt) + max(len(e.chosen), len(e.rejected)) for e in examples)
-
-
-def _unpaired_length(examples: Sequence[UnpairedExample]) -> int:
-    """Tokens needed by the longest row of ``collate_unpaired(examples)``, KL rows included
-    (prompt i with completion (i + 1) mod n)."""
-    shifted = list(examples[1:]) + list(examples[:1])
-    return max(
-        len(e.prompt) + max(len(e.completion), len(s.completion)) for e, s in zip(examples, shifted)
-    )
 
 
 class BatchStream:
@@ -57,10 +46,13 @@ class BatchStream:
       examples: all examples, every one of the same type, identical on every process.
       batch_size: global batch size ``B`` (all processes together).
       pad_id: padding token id.
-      buckets: allowed padded lengths ``T`` (see ``jaxpref.batches.default_buckets``).
+      buckets: allowed padded lengths ``T`` (see ``jaxpref.data.batches.default_buckets``).
       seed: non-negative shuffling seed.
       process_index, process_count: this process's share, slice ``process_index`` of
         ``process_count`` equal slices of each global batch; ``B`` must divide evenly.
+      kl: unpaired examples also get KTO's mismatched KL rows (``collate_unpaired``).
+      fixed_packed_sizes: ``(Tp, N)`` for every batch's shared-prompt packing instead of each
+        batch's own (``packed_sizes``), so that every step has one shape.
 
     ``batch_at(step)`` arrays are ``[B / process_count, T]`` (``desirable``: ``[B / P]``).
     """
@@ -75,6 +67,8 @@ class BatchStream:
         seed: int = 0,
         process_index: int = 0,
         process_count: int = 1,
+        kl: bool = True,
+        fixed_packed_sizes: tuple[int, int] | None = None,
     ):
         if batch_size < 1 or len(examples) < batch_size:
             raise ValueError(
@@ -98,8 +92,14 @@ class BatchStream:
         self.seed = seed
         self.process_index = process_index
         self.process_count = process_count
-        self._collate = collate_pairs if kind is PairExample else collate_unpaired
-        self._length = _pairs_length if kind is PairExample else _unpaired_length
+        self.kl = kl
+        self.fixed_packed_sizes = fixed_packed_sizes
+        if kind is PairExample:
+            self._collate, self._length = collate_pairs, pairs_length
+        else:
+            self._collate = lambda ex, **kw: collate_unpaired(ex, kl=kl, **kw)
+            self._length = lambda ex: unpaired_length(ex, max(self.buckets), kl=kl)
+        self._paired = kind is PairExample
         self._cached_epoch: tuple[int, np.ndarray] | None = None
 
     @staticmethod
@@ -107,7 +107,7 @@ class BatchStream:
         """Fails now, not mid-run, when one example is longer than the largest bucket."""
         longest = max(buckets)
         for i, e in enumerate(examples):
-            rest = (e.chosen, e.rejected) if isinstance(e, PairExample) else (e.completion,)
+            rest = responses_of(e) if isinstance(e, PairExample) else (e.completion,)
             if len(e.prompt) + max(map(len, rest)) > longest:
                 raise ValueError(f"example {i} has more tokens than the largest bucket {longest}")
 
@@ -137,6 +137,10 @@ class BatchStream:
             position * self.batch_size : (position + 1) * self.batch_size
         ]
 
+    def local_indices(self, step: int) -> np.ndarray:
+        """``[B / P]`` indices of the examples in this process's slice of ``step``'s global batch."""
+        return self.global_indices(step).reshape(self.process_count, self.local_batch_size)[self.process_index]
+
     def batch_at(self, step: int) -> Batch:
         """This process's collated batch for global ``step``; a pure function of (seed, step)."""
         slices = self.global_indices(step).reshape(self.process_count, self.local_batch_size)
@@ -148,8 +152,10 @@ class BatchStream:
     def packed_sizes(self, step: int) -> tuple[int, int] | None:
         """``batches.packed_sizes`` of global ``step``'s pairs (the same on every process);
         ``None`` for unpaired examples."""
-        if self._collate is not collate_pairs:
+        if not self._paired:
             return None
+        if self.fixed_packed_sizes is not None:
+            return self.fixed_packed_sizes
         return packed_sizes([self.examples[i] for i in self.global_indices(step)])
 
     def iterate(self, start_step: int = 0) -> Iterator[Batch]:

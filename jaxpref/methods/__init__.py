@@ -1,0 +1,88 @@
+"""Methods produce rounds; they never own a trainer.
+
+Each module holds one job kind (``config.job``) as a ``Method``: which losses it trains with
+(``objectives``), its own config checks (``validate``), ``make_round(ctx, index)`` (sample,
+judge, pair, acquire -> a ``train.rounds.Round``, or None when done) and ``summarize`` (its
+fields of ``summary.json``). ``METHODS`` maps ``config.job`` to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from jaxpref.config import ConfigError, require
+from jaxpref.objectives import OBJECTIVES
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A job kind.
+
+    Attributes:
+      name: its ``config.job``.
+      make_round: ``(ctx, index) -> Round | None``.
+      objectives: ``cfg -> losses it trains with`` (the rows of ``OBJECTIVES``).
+      validate: ``cfg -> None``; raises ``ConfigError`` naming the key.
+      summarize: ``(ctx, JobResult) -> dict`` of extra ``summary.json`` fields.
+      evaluate_rounds: a quick held-out evaluation after every round (learning curves).
+      evaluate_policy: the final held-out evaluation against the starting policy.
+      random_init: start from a randomly initialised tiny model instead of its SFT policy.
+      make_model: ``policy -> (model, params)`` of what is trained (default: the policy itself).
+      uses_judge: the job's rounds are judged (``config.judge``).
+    """
+
+    name: str
+    make_round: Callable[[Any, int], Any]
+    objectives: Callable[[Any], tuple[str, ...]]
+    validate: Callable[[Any], None]
+    summarize: Callable[[Any, Any], dict]
+    evaluate_rounds: bool = False
+    evaluate_policy: bool = True
+    random_init: bool = False
+    make_model: Callable[[Any], tuple[Any, Any]] | None = None
+    uses_judge: bool = False
+
+
+def check_loss(cfg, *, groups: tuple[str, ...], extras: tuple[str, ...] = (), model: str = "lm",
+               key: str = "loss", name: str | None = None) -> None:
+    """Refuses a loss whose data the job cannot provide: its groups must be among ``groups``, its
+    extras among ``extras``, its model kind ``model``."""
+    loss = cfg[key] if name is None else name
+    require(loss in OBJECTIVES, key, f"unknown loss {loss!r}; known: {sorted(OBJECTIVES)}")
+    objective = OBJECTIVES[loss]
+    provides = set(groups)
+    ok = (set(objective.groups) <= provides and set(objective.extras) <= set(extras) | {"desirable"}
+          and objective.model == model)
+    if not ok:
+        usable = sorted(n for n, o in OBJECTIVES.items() if set(o.groups) <= provides
+                        and set(o.extras) <= set(extras) | {"desirable"} and o.model == model)
+        raise ConfigError(f"config.{key}: the {cfg.job} job cannot train with {loss!r}; it can use {usable}")
+
+
+def load_own_data(cfg, tokenizer, kind: str):
+    """``config.data.source`` tokenized as ``kind`` (``paired``, ``unpaired`` or ``sft``) with the
+    config's length limits and bad-row policy: ``(examples, report dict)``."""
+    import logging
+
+    from jaxpref.data import load_and_encode
+
+    examples, report = load_and_encode(cfg.data.source, tokenizer, kind=kind, max_length=cfg.data.max_length,
+                                       max_prompt_length=cfg.data.max_prompt_length, on_bad_row=cfg.data.on_bad_row)
+    logging.getLogger("jaxpref").info("data: %s", report.summary())
+    return list(examples), report.to_dict()
+
+
+def _registry() -> dict[str, Method]:
+    from jaxpref.methods import active, offline, reward_model, rso, selm, sft, sppo
+
+    return {m.name: m for m in (offline.METHOD, sft.METHOD, reward_model.METHOD, rso.METHOD, sppo.METHOD,
+                                selm.METHOD, active.METHOD)}
+
+
+def get_method(name: str) -> Method:
+    """The method of ``config.job``; unknown names raise naming the key."""
+    methods = _registry()
+    require(name in methods, "job", f"unknown job {name!r}; known: {sorted(methods)}")
+    return methods[name]

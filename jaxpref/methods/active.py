@@ -16,23 +16,34 @@ selects:
 ``active.strategies`` lists the strategies to run (default ``random,hybrid``); each gets the same
 label budget, pools and samples.
 
-After each acquisition the policy is re-trained from SFT with DPO on all labels so far (as in
-the official code) and evaluated, giving a learning curve of win rate against labels. With
-``active.epochs > 0`` each re-training runs that many passes over the labels so far (so a
-small labelled set is not over-fitted by a fixed step count); otherwise ``num_steps`` steps.
+After each acquisition the policy is re-trained from SFT with ``config.loss`` (DPO) on all
+labels so far (as in the official code) and evaluated, giving a learning curve of win rate
+against labels. With ``active.epochs > 0`` each re-training runs that many passes over the
+labels so far (so a small labelled set is not over-fitted by a fixed step count); otherwise
+``num_steps`` steps.
+
+One round per (strategy, acquisition); a strategy's rounds are consecutive, and the strategy
+whose policy the job returns (the hybrid, if run) comes last. The labelled sets live in the
+method's checkpointed state.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 
-import jax
 import numpy as np
 
-from jaxpref.batches import PairExample
-from jaxpref.objectives import get_objective
-from jaxpref.online import build_round_data, sample_k
+from jaxpref.checks import POSITIVE_INT
+from jaxpref.config import ConfigError, require
+from jaxpref.data.batches import PairExample
+from jaxpref.data.training_set import TrainingSet
+from jaxpref.methods import Method, check_loss
+from jaxpref.methods.context import plot_curves
+from jaxpref.objectives import PAIR
+from jaxpref.runtime import distributed
+from jaxpref.train.rounds import Reference, Round
 
 log = logging.getLogger("jaxpref")
 
@@ -125,52 +136,105 @@ def training_steps(cfg, num_labels: int) -> int:
     return max(1, math.ceil(epochs * num_labels / cfg.batch_size)) if epochs else cfg.num_steps
 
 
-def run(ctx) -> dict:
-    """Runs every strategy of ``active.strategies`` with the same label budget; returns the curves."""
+def objectives(cfg) -> tuple[str, ...]:
+    return (cfg.loss,)
+
+
+def validate(cfg) -> None:
+    check_loss(cfg, groups=PAIR)
+    acfg = cfg.active
+    try:
+        parse_strategies(acfg.get("strategies", "random,hybrid"))
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
+    for name in ("entropy", "certainty"):
+        if name in acfg:
+            require(acfg[name] in ("sequence", "per_token"), f"active.{name}",
+                    f"must be 'sequence' or 'per_token', got {acfg[name]!r}")
+    for key in ("acquisitions", "labels_per_step", "pool_size", "num_samples", "entropy_pool_factor"):
+        if key in acfg:
+            problem = POSITIVE_INT.problem(acfg[key])
+            require(problem is None, f"active.{key}", problem or "")
+    require(acfg.get("num_samples", 2) >= 2, "active.num_samples", "must be >= 2 (pairs of samples)")
+
+
+def ordered_strategies(acfg) -> tuple[str, ...]:
+    """The strategies in run order: the main one (hybrid if run, else the last listed) last."""
+    names = parse_strategies(acfg.get("strategies", "random,hybrid"))
+    main = "hybrid" if "hybrid" in names else names[-1]
+    return tuple(n for n in names if n != main) + (main,)
+
+
+def acquisition_pool(ctx, params, a: int) -> tuple[list, list, np.ndarray]:
+    """Acquisition ``a``'s pool: ``active.pool_size`` fresh prompts and ``active.num_samples``
+    samples of ``params`` per prompt, ``(prompts, responses[n][K], sample_logps[n, K])``."""
     cfg, acfg = ctx.cfg, ctx.cfg.active
-    strategies = parse_strategies(acfg.get("strategies", "random,hybrid"))
-    curves, finals = {}, {}
-    for strategy in strategies:
-        labelled: list[PairExample] = []
-        params = ctx.sft_params
-        curve = []
-        for a in range(acfg.acquisitions):
-            prompts = ctx.train_prompts(acfg.pool_size, round_index=a)
-            rng_key = jax.random.PRNGKey(cfg.seed * 1000 + a)
-            responses, logps = sample_k(ctx.model, params, prompts, acfg.num_samples, rng_key,
-                                        pad_id=ctx.pad_id, eos_id=ctx.eos_id, sampling=cfg.sampling)
-            lengths_nk = np.array([[len(y) for y in ys] for ys in responses])
-            per_token = {name: lengths_nk if acfg.get(name, "sequence") == "per_token" else None
-                         for name in ("entropy", "certainty")}
-            certainty, pairs = pair_certainty(logps, ctx.score_samples(ctx.sft_params, prompts, responses),
-                                              beta=cfg.beta, lengths_nk=per_token["certainty"])
-            valid = np.array([[responses[b][i] != responses[b][j] for i, j in pairs] for b in range(len(prompts))])
-            rng = np.random.default_rng([cfg.seed, a, 17])
-            lengths = per_token["entropy"]
-            num = acfg.labels_per_step
-            if strategy == "hybrid":
-                picks = select_hybrid(predictive_entropy(logps, lengths), certainty, valid, num=num,
-                                      pool_factor=acfg.entropy_pool_factor)
-            elif strategy == "entropy":
-                picks = select_entropy(predictive_entropy(logps, lengths), valid, rng, num=num)
-            elif strategy == "certainty":
-                picks = select_certainty(certainty, valid, num=num)
-            else:
-                picks = select_random(valid, rng, num=num)
-            for b, q in picks:
-                y1, y2 = responses[b][pairs[q][0]], responses[b][pairs[q][1]]
-                first_wins = rng.random() < float(ctx.judge.prob([prompts[b]], [y1], [y2])[0])
-                labelled.append(PairExample(prompts[b], *((y1, y2) if first_wins else (y2, y1))))
-            data = build_round_data([e.prompt for e in labelled], {"chosen": [e.chosen for e in labelled],
-                                                                   "rejected": [e.rejected for e in labelled]},
-                                    pad_id=ctx.pad_id)
-            params, _ = ctx.trainer.train_round(ctx.sft_params, ctx.sft_params, data, get_objective("dpo"),
-                                                steps=training_steps(cfg, len(labelled)), first_step=0,
-                                                seed=cfg.seed + a, desc=f"{strategy} a{a + 1}")
-            point = {"labels": len(labelled), **ctx.quick_eval(params, a)}
-            curve.append(point)
-            log.info("active/%s: %d labels -> win rate %.3f", strategy, point["labels"], point["win_rate_vs_sft"])
-        curves[strategy], finals[strategy] = curve, params
+    prompts = ctx.train_prompts(acfg.pool_size, round_index=a)
+    responses, logps = ctx.sample(params, prompts, acfg.num_samples, cfg.seed * 1000 + a)
+    return prompts, responses, logps
+
+
+def acquire(ctx, strategy: str, a: int) -> list[PairExample]:
+    """Acquisition ``a`` of ``strategy``: a pool of prompts, samples of the strategy's current
+    policy, ``labels_per_step`` pairs picked and labelled by the judge (Bradley-Terry draws)."""
+    cfg, acfg = ctx.cfg, ctx.cfg.active
+    params = ctx.sft_params if a == 0 else ctx.params
+    prompts, responses, logps = acquisition_pool(ctx, params, a)
+    lengths_nk = np.array([[len(y) for y in ys] for ys in responses])
+    per_token = {name: lengths_nk if acfg.get(name, "sequence") == "per_token" else None
+                 for name in ("entropy", "certainty")}
+    # The implicit reward beta * (log pi - log pi_sft) from one scoring program for both policies, so
+    # that it is exactly 0 while pi is pi_sft (the first acquisition), not float noise between the
+    # sampler's and the scorer's log-probs (which would make the picks depend on the device mesh).
+    policy_logps = ctx.score(params, prompts, responses)
+    ref_logps = policy_logps if a == 0 else ctx.score(ctx.sft_params, prompts, responses)
+    certainty, pairs = pair_certainty(policy_logps, ref_logps, beta=cfg.beta, lengths_nk=per_token["certainty"])
+    valid = np.array([[responses[b][i] != responses[b][j] for i, j in pairs] for b in range(len(prompts))])
+    rng = np.random.default_rng([cfg.seed, a, 17])
+    lengths, num = per_token["entropy"], acfg.labels_per_step
+    if strategy == "hybrid":
+        picks = select_hybrid(predictive_entropy(logps, lengths), certainty, valid, num=num,
+                              pool_factor=acfg.entropy_pool_factor)
+    elif strategy == "entropy":
+        picks = select_entropy(predictive_entropy(logps, lengths), valid, rng, num=num)
+    elif strategy == "certainty":
+        picks = select_certainty(certainty, valid, num=num)
+    else:
+        picks = select_random(valid, rng, num=num)
+    firsts = [responses[b][pairs[q][0]] for b, q in picks]
+    seconds = [responses[b][pairs[q][1]] for b, q in picks]
+    probs = ctx.judge.prob([prompts[b] for b, _ in picks], firsts, seconds) if picks else []
+    labelled = []
+    for (b, _), y1, y2, p in zip(picks, firsts, seconds, probs):
+        first_wins = rng.random() < float(p)
+        labelled.append(PairExample(prompts[b], *((y1, y2) if first_wins else (y2, y1))))
+    return labelled
+
+
+def make_round(ctx, index: int) -> Round | None:
+    cfg, acfg = ctx.cfg, ctx.cfg.active
+    strategies = ordered_strategies(acfg)
+    if index >= len(strategies) * acfg.acquisitions:
+        return None
+    s, a = divmod(index, acfg.acquisitions)
+    strategy = strategies[s]
+    labelled = ctx.state.setdefault("labelled", {}).setdefault(strategy, [])
+    labelled += [[list(e.prompt), list(e.chosen), list(e.rejected)] for e in acquire(ctx, strategy, a)]
+    data = TrainingSet([PairExample(*row) for row in labelled])
+    prompts = [row[0] for row in labelled]
+    return Round(f"{strategy} a{a + 1}", data, cfg.loss, training_steps(cfg, len(labelled)), seed=cfg.seed + a,
+                 init="sft", reference=Reference("sft"), sampled=True, shapes=ctx.shapes(prompts),
+                 info={"strategy": strategy, "labels": len(labelled)}, eval_index=a)
+
+
+def summarize(ctx, result) -> dict:
+    acfg = ctx.cfg.active
+    curves: dict[str, list[dict]] = {}
+    for record in result.history:
+        point = {k: record[k] for k in ("labels", "win_rate_vs_sft", "mean_reward", "kl_vs_sft")}
+        curves.setdefault(record["strategy"], []).append(point)
+        log.info("active/%s: %d labels -> win rate %.3f", record["strategy"], point["labels"],
+                 point["win_rate_vs_sft"])
     extra = {"curves": curves, "label_budget": acfg.acquisitions * acfg.labels_per_step}
     if "random" in curves:
         target = curves["random"][-1]["win_rate_vs_sft"]
@@ -179,5 +243,9 @@ def run(ctx) -> dict:
             if strategy != "random":
                 reached = [p["labels"] for p in curves[strategy] if p["win_rate_vs_sft"] >= target]
                 extra[f"{strategy}_labels_to_reach_random_final"] = reached[0] if reached else None
-    main = "hybrid" if "hybrid" in finals else strategies[-1]
-    return {"params": finals[main], "extra": extra, "plot": ("active_learning_curve.png", curves)}
+    if distributed.is_main_process():
+        plot_curves(os.path.join(ctx.workdir, "active_learning_curve.png"), curves)
+    return extra
+
+
+METHOD = Method("active_dpo", make_round, objectives, validate, summarize, evaluate_rounds=True, uses_judge=True)

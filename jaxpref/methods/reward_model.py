@@ -1,9 +1,10 @@
-"""Trains a Bradley-Terry reward model (``configs/reward_model.py``).
+"""Trains a Bradley-Terry reward model (``configs/reward_model.py``), usable as the judge of RSO,
+SPPO and SELM (``config.judge.kind = "reward_model"``, ``config.judge.path``).
 
-The backbone starts from the SFT policy, a zero-initialised scalar head reads the last real
-token, and the loss is ``-log sigmoid(s(x, y_w) - s(x, y_l))`` over the preference pairs. The
-model is written to ``<workdir>/reward_model`` for RSO/SELM/SPPO (``config.judge.kind =
-"reward_model"``, ``config.judge.path``).
+The backbone starts from the starting policy, a zero-initialised scalar ``score`` head reads the
+last real token (``models.RewardModel``), and the loss is ``-log sigmoid(s(x, y_w) - s(x, y_l))``
+over the preference pairs (the ``bradley_terry`` objective): one round on the built-in task's
+pairs (or ``config.data.source``). The model is written to ``<workdir>/reward_model``.
 """
 
 from __future__ import annotations
@@ -11,74 +12,71 @@ from __future__ import annotations
 import logging
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jaxpref.compiler_options import train_compiler_options
-from jaxpref.components import make_optimizer
-from jaxpref.data import BatchStream
-from jaxpref.judges import init_reward_model, reward_model_scores, save_reward_model
-from jaxpref.loop import run_steps
-from jaxpref.losses import bradley_terry_loss
-from jaxpref.metrics_log import MetricsLogger
-from jaxpref.train_state import create_train_state
-from jaxpref.train_step import batch_groups
+from jaxpref.config import require
+from jaxpref.data.training_set import TrainingSet
+from jaxpref.infer.scoring import reward_model_scores
+from jaxpref.methods import Method, load_own_data
+from jaxpref.models import init_reward_model
+from jaxpref.models.reward import save_reward_model
+from jaxpref.runtime import distributed, sharding
+from jaxpref.train.rounds import Reference, Round
 
 log = logging.getLogger("jaxpref")
 
 
-def make_reward_step(model, tx):
-    """``step(state, groups, extras) -> (state, metrics)`` for paired batches."""
-
-    def loss_fn(params, groups):
-        ids = jnp.concatenate([groups["chosen"].ids, groups["rejected"].ids])
-        attn = jnp.concatenate([groups["chosen"].attention_mask, groups["rejected"].attention_mask])
-        s_w, s_l = jnp.split(model.apply({"params": params}, ids, attn), 2)
-        return jnp.mean(bradley_terry_loss(s_w, s_l)), (s_w, s_l)
-
-    def step(state, groups, extras):
-        (loss, (s_w, s_l)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, groups)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state)
-        tokens = jnp.sum(groups["chosen"].attention_mask) + jnp.sum(groups["rejected"].attention_mask)
-        return state, {"loss": loss, "reward_accuracy": jnp.mean((s_w > s_l).astype(jnp.float32)),
-                       "grad_norm": optax.global_norm(grads), "tokens": tokens}
-
-    return step
+def objectives(cfg) -> tuple[str, ...]:
+    return ("bradley_terry",)
 
 
-def run(cfg, workdir: str, policy) -> dict:
-    if policy.task is None:
-        raise ValueError("config.job: 'reward_model' trains on the built-in task's pairs")
-    task = policy.task
-    pairs = task.preference_dataset(cfg.seed, cfg.data.num_pairs)
-    model, params = init_reward_model(policy.params, policy.model.config)
-    tx = make_optimizer(cfg.optimizer, cfg.num_steps)
-    state = create_train_state(params, tx, rng=jax.random.PRNGKey(cfg.seed), with_reference=False)
-    stream = BatchStream(pairs, batch_size=cfg.batch_size, pad_id=policy.pad_id, buckets=[task.max_length],
-                         seed=cfg.seed)
-    logger = MetricsLogger(workdir)
-    options = train_compiler_options(model.config.hidden_size)
-    step_fn = jax.jit(make_reward_step(model, tx), donate_argnums=0, compiler_options=options)
-    state, stats = run_steps(step_fn, state, lambda s: batch_groups(stream.batch_at(s)), start=0,
-                             stop=cfg.num_steps, logger=logger, log_every=cfg.log_every, desc="reward_model")
-    logger.close()
-    out_dir = os.path.join(workdir, "reward_model")
-    save_reward_model(out_dir, model, state.params)
+def validate(cfg) -> None:
+    require(cfg.loss == "bradley_terry", "loss",
+            f"the reward_model job trains with the 'bradley_terry' loss, got {cfg.loss!r}")
 
-    # Agreement with the oracle on fresh behaviour-policy pairs (ties in the oracle excluded).
-    held = task.preference_dataset(cfg.seed + 1, cfg.eval.num_prompts)
-    prompts = [e.prompt for e in held]
-    s_c = reward_model_scores(model, state.params, prompts, [e.chosen for e in held], pad_id=policy.pad_id)
-    s_r = reward_model_scores(model, state.params, prompts, [e.rejected for e in held], pad_id=policy.pad_id)
-    r_c = task.rewards(prompts, [e.chosen for e in held])
-    r_r = task.rewards(prompts, [e.rejected for e in held])
-    decided = r_c != r_r
-    agree = float(np.mean((s_c > s_r)[decided] == (r_c > r_r)[decided]))
-    log.info("reward model: oracle agreement %.3f on %d held-out pairs", agree, int(decided.sum()))
-    return {"method": cfg.method, "job": "reward_model", "steps": int(state.step), "reward_model_path": out_dir,
-            "oracle_agreement": agree, "held_out_pairs": int(decided.sum()),
-            "train_tokens_per_second": stats.tokens_per_second}
+
+def make_model(policy):
+    return init_reward_model(policy.params, policy.model.config)
+
+
+def make_round(ctx, index: int) -> Round | None:
+    if index > 0:
+        return None
+    cfg = ctx.cfg
+    if cfg.data.source:
+        pairs, ctx.state["data_report"] = load_own_data(cfg, ctx.policy.tokenizer, "paired")
+    else:
+        require(ctx.policy.task is not None and hasattr(ctx.policy.task, "preference_dataset"), "data.source",
+                "a custom model needs a preference dataset")
+        pairs = ctx.policy.task.preference_dataset(cfg.seed, cfg.data.num_pairs)
+        ctx.state["data_report"] = {"kept": len(pairs), "source": f"builtin:{cfg.task.name}"}
+    return Round(cfg.method, TrainingSet(list(pairs)), "bradley_terry", cfg.num_steps, seed=cfg.seed, init="sft",
+                 reference=Reference("sft", precompute=False))
+
+
+def summarize(ctx, result) -> dict:
+    cfg = ctx.cfg
+    out_dir = os.path.join(ctx.workdir, "reward_model")
+    params = sharding.to_host(result.params)  # a collective with several processes
+    if distributed.is_main_process():
+        save_reward_model(out_dir, ctx.model, params)
+    out = {"job": "reward_model", "steps": sum(r["steps"] for r in result.history),
+           "reward_model_path": out_dir, "data": ctx.state.get("data_report")}
+    task = ctx.policy.task
+    if task is not None and hasattr(task, "preference_dataset"):
+        # Agreement with the oracle on fresh behaviour-policy pairs (ties in the oracle excluded).
+        held = task.preference_dataset(cfg.seed + 1, cfg.eval.num_prompts)
+        prompts = [e.prompt for e in held]
+        kw = dict(pad_id=ctx.pad_id, batch_size=cfg.eval.batch_size, mesh=ctx.mesh)
+        s_c = reward_model_scores(ctx.model, result.params, prompts, [e.chosen for e in held], **kw)
+        s_r = reward_model_scores(ctx.model, result.params, prompts, [e.rejected for e in held], **kw)
+        r_c, r_r = task.rewards(prompts, [e.chosen for e in held]), task.rewards(prompts, [e.rejected for e in held])
+        decided = r_c != r_r
+        agree = float(np.mean((s_c > s_r)[decided] == (r_c > r_r)[decided]))
+        log.info("reward model: oracle agreement %.3f on %d held-out pairs", agree, int(decided.sum()))
+        out.update(oracle_agreement=agree, held_out_pairs=int(decided.sum()))
+    return out
+
+
+METHOD = Method("reward_model", make_round, objectives, validate, summarize, evaluate_policy=False,
+                make_model=make_model)

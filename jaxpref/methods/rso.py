@@ -9,6 +9,9 @@ probability ∝ ``exp(r_i / beta)`` among the remaining ones — SFT samples rew
 Accepted samples are paired ("first_round": random disjoint pairs; "tournament": the n-1
 matches of a knock-out), labelled by the judge, and trained on with sigmoid-norm (``dpo``)
 or hinge-norm (``hinge``) using ``gamma`` (config ``beta``) as the loss's KL strength.
+
+One round: the starting policy is sampled (on the mesh), the pairs are judged in one batched
+call, and the round trains from the starting policy against it as the frozen reference.
 """
 
 from __future__ import annotations
@@ -20,8 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpref.objectives import get_objective
-from jaxpref.online import build_round_data, sample_k
+from jaxpref.checks import POSITIVE, POSITIVE_INT
+from jaxpref.config import require
+from jaxpref.data.batches import PairExample
+from jaxpref.data.training_set import TrainingSet
+from jaxpref.methods import Method, check_loss
+from jaxpref.objectives import PAIR
+from jaxpref.train.rounds import Reference, Round
 
 log = logging.getLogger("jaxpref")
 
@@ -90,51 +98,77 @@ def tournament_pairs(rewards: np.ndarray, rng: np.random.Generator) -> list[tupl
     return matches
 
 
-def run(ctx) -> dict:
-    """RSO job: SFT samples -> rejection sampling -> judged pairs -> sigmoid/hinge-norm training."""
-    cfg, rcfg = ctx.cfg, ctx.cfg.rso
-    done, params, history = ctx.resume_rounds()
-    if done:  # the single round finished before a restart
-        return {"params": params, "extra": history[0]}
-    prompts = ctx.train_prompts(cfg.num_prompts)
-    responses, _ = sample_k(ctx.model, ctx.sft_params, prompts, rcfg.num_samples, jax.random.PRNGKey(cfg.seed),
-                            pad_id=ctx.pad_id, eos_id=ctx.eos_id, sampling=cfg.sampling)
-    flat_p = [p for p in prompts for _ in range(rcfg.num_samples)]
-    flat_r = [y for ys in responses for y in ys]
-    rewards = ctx.judge.rewards(flat_p, flat_r).reshape(len(prompts), rcfg.num_samples)
-    accepted = np.asarray(statistical_rejection_sampling(
-        jax.random.PRNGKey(cfg.seed + 1), jnp.asarray(rewards), beta=rcfg.sampling_beta,
-        num_accept=rcfg.num_accept))
-    rng = np.random.default_rng([cfg.seed, 5])
-    pair_prompts, chosen, rejected = [], [], []
-    for i, prompt in enumerate(prompts):
+def objectives(cfg) -> tuple[str, ...]:
+    return (cfg.loss,)
+
+
+def validate(cfg) -> None:
+    check_loss(cfg, groups=PAIR)
+    r = cfg.rso
+    for key in ("num_samples", "num_accept"):
+        problem = POSITIVE_INT.problem(r[key])
+        require(problem is None, f"rso.{key}", problem or "")
+    require(r.num_accept <= r.num_samples, "rso.num_accept", f"must be <= rso.num_samples ({r.num_samples})")
+    problem = POSITIVE.problem(r.sampling_beta)
+    require(problem is None, "rso.sampling_beta", problem or "")
+    require(r.pairing in PAIRINGS, "rso.pairing", f"unknown {r.pairing!r}; known: {', '.join(PAIRINGS)}")
+
+
+PAIRINGS = ("first_round", "tournament")
+
+
+def rejection_sampled_pairs(prompts, responses, rewards: np.ndarray, accepted: np.ndarray, judge, *, pairing: str,
+                            rng: np.random.Generator) -> tuple[list[PairExample], int]:
+    """The labelled pairs of RSO's accepted samples.
+
+    ``responses[n][N]`` with ``rewards [n, N]``; ``accepted [n, m]``: indices of the accepted
+    samples per prompt. Each prompt's accepted samples are paired (``first_round_pairs`` or
+    ``tournament_pairs``, drawing from ``rng`` prompt by prompt), identical responses dropped,
+    and all remaining pairs judged in one ``judge.prob`` call; ties (P = 1/2) are dropped.
+    Returns ``(pairs, number of candidate pairs before dropping)``.
+    """
+    candidates, total = [], 0  # (prompt index, response a, response b)
+    for i in range(len(prompts)):
         cand = [responses[i][j] for j in accepted[i]]
-        if rcfg.pairing == "tournament":
+        if pairing == "tournament":
             idx_pairs = tournament_pairs(rewards[i, accepted[i]], rng)
-        elif rcfg.pairing == "first_round":
-            idx_pairs = first_round_pairs(len(cand), rng)
         else:
-            raise ValueError(f"config.rso.pairing: unknown {rcfg.pairing!r}; known: first_round, tournament")
-        for a, b in idx_pairs:
-            if cand[a] == cand[b]:
-                continue
-            p_a = float(ctx.judge.prob([prompt], [cand[a]], [cand[b]])[0])
-            if p_a == 0.5:  # the judge has no preference: no label
-                continue
-            a_wins = p_a > 0.5
-            w, l_ = (cand[a], cand[b]) if a_wins else (cand[b], cand[a])
-            pair_prompts.append(prompt)
-            chosen.append(w)
-            rejected.append(l_)
-    data = build_round_data(pair_prompts, {"chosen": chosen, "rejected": rejected}, pad_id=ctx.pad_id)
+            idx_pairs = first_round_pairs(len(cand), rng)
+        total += len(idx_pairs)
+        candidates += [(i, cand[a], cand[b]) for a, b in idx_pairs if cand[a] != cand[b]]
+    if not candidates:
+        return [], total
+    p_first = judge.prob([prompts[i] for i, _, _ in candidates], [a for _, a, _ in candidates],
+                         [b for _, _, b in candidates])
+    pairs = [PairExample(prompts[i], *((a, b) if p > 0.5 else (b, a)))
+             for (i, a, b), p in zip(candidates, p_first) if p != 0.5]
+    return pairs, total
+
+
+def make_round(ctx, index: int) -> Round | None:
+    """SFT samples -> rejection sampling -> judged pairs, trained with sigmoid/hinge-norm."""
+    if index > 0:
+        return None
+    cfg, rcfg = ctx.cfg, ctx.cfg.rso
+    prompts = ctx.train_prompts(cfg.num_prompts)
+    responses, _ = ctx.sample(ctx.sft_params, prompts, rcfg.num_samples, cfg.seed)
+    rewards = ctx.rewards(prompts, responses)
+    accepted = np.asarray(statistical_rejection_sampling(
+        jax.random.PRNGKey(cfg.seed + 1), jnp.asarray(rewards), beta=rcfg.sampling_beta, num_accept=rcfg.num_accept))
+    pairs, candidates = rejection_sampled_pairs(prompts, responses, rewards, accepted, ctx.judge,
+                                                pairing=rcfg.pairing, rng=np.random.default_rng([cfg.seed, 5]))
     log.info("rso: %d prompts x %d samples -> %d accepted each -> %d pairs", len(prompts), rcfg.num_samples,
-             rcfg.num_accept, data.size)
-    params, stats = ctx.trainer.train_round(ctx.sft_params, ctx.sft_params, data, get_objective(cfg.loss),
-                                            steps=cfg.num_steps, first_step=0, seed=cfg.seed, desc="rso")
-    extra = {
-        "num_pairs": data.size,
-        "accepted_mean_reward": float(np.mean(np.take_along_axis(rewards, accepted, 1))),
-        "sft_sample_mean_reward": float(rewards.mean()),
-    }
-    ctx.save_round(0, params, ctx.sft_params, {"history": [extra]})
-    return {"params": params, "stats": stats, "extra": extra}
+             rcfg.num_accept, len(pairs))
+    info = {"num_pairs": len(pairs), "candidate_pairs": candidates,
+            "accepted_mean_reward": float(np.mean(np.take_along_axis(rewards, accepted, 1))),
+            "sft_sample_mean_reward": float(rewards.mean())}
+    return Round("rso", TrainingSet(pairs), cfg.loss, cfg.num_steps, seed=cfg.seed, init="sft",
+                 reference=Reference("sft"), sampled=True, shapes=ctx.shapes(prompts), info=info)
+
+
+def summarize(ctx, result) -> dict:
+    record = result.history[0]
+    return {k: record[k] for k in ("num_pairs", "accepted_mean_reward", "sft_sample_mean_reward")}
+
+
+METHOD = Method("rso", make_round, objectives, validate, summarize, uses_judge=True)

@@ -1,22 +1,31 @@
 """SELM: self-exploring language models, optimistic online DPO (Zhang et al. 2024).
 
-Round 1 trains DPO on the offline pairs. Each later round samples K responses per prompt
-from the current policy, ranks them with the judge into (best, worst) pairs, draws a greedy
-response ``y_ref`` from the reference (= the policy at the round's start), and trains with
-``selm_loss = DPO + alpha * beta * (log pi(y_ref) - log pi_ref(y_ref))``, which lowers the
-likelihood of what the reference already does and so drives exploration. With
-``config.selm.online_loss = "dpo"`` the same loop is iterative online DPO (the baseline).
+Round 1 trains on the offline pairs (DPO, as in the paper). Each later round samples K
+responses per prompt from the current policy, ranks them with the judge into (best, worst)
+pairs, draws a greedy response ``y_ref`` from the reference (= the policy at the round's
+start), and trains with ``config.loss``: ``selm`` is
+``DPO + alpha * beta * (log pi(y_ref) - log pi_ref(y_ref))``, which lowers the likelihood of
+what the reference already does and so drives exploration; ``--config.loss=dpo`` makes the same
+loop iterative online DPO (the baseline), and any other paired loss works too.
+
+Every round starts from the previous one with the reference reset to its start
+(``Reference("round_start")``); sampling and the judge run on the mesh.
 """
 
 from __future__ import annotations
 
 import logging
 
-import jax
 import numpy as np
 
-from jaxpref.objectives import get_objective
-from jaxpref.online import build_round_data, pick_best_worst, sample_k
+from jaxpref.checks import POSITIVE_INT
+from jaxpref.config import require
+from jaxpref.data.batches import PairExample
+from jaxpref.data.training_set import TrainingSet
+from jaxpref.methods import Method, check_loss, offline
+from jaxpref.methods.offline import pick_best_worst
+from jaxpref.objectives import PAIR, get_objective
+from jaxpref.train.rounds import Reference, Round
 
 log = logging.getLogger("jaxpref")
 
@@ -26,38 +35,51 @@ def distinct_fraction(responses: list[list[int]]) -> float:
     return len({tuple(r) for r in responses}) / max(len(responses), 1)
 
 
-def run(ctx) -> dict:
+def first_round_loss(cfg) -> str:
+    """Round 1's loss on the offline pairs: ``config.loss``, or DPO when it needs a sample of the
+    reference (``selm``), which offline pairs do not have."""
+    return "dpo" if "sample" in get_objective(cfg.loss).groups else cfg.loss
+
+
+def objectives(cfg) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((first_round_loss(cfg), cfg.loss)))
+
+
+def validate(cfg) -> None:
+    check_loss(cfg, groups=PAIR + ("sample",))
+    problem = POSITIVE_INT.problem(cfg.selm.rounds)
+    require(problem is None, "selm.rounds", problem or "")
+    require(isinstance(cfg.selm.num_samples, int) and cfg.selm.num_samples >= 2, "selm.num_samples",
+            f"must be an integer >= 2, got {cfg.selm.num_samples!r}")
+
+
+def make_round(ctx, rnd: int) -> Round | None:
     cfg, scfg = ctx.cfg, ctx.cfg.selm
-    start, params, history = ctx.resume_rounds()
-    for rnd in range(start, scfg.rounds):
-        ref = params
-        first = rnd * cfg.num_steps
-        if rnd == 0:
-            pairs = ctx.offline_pairs()
-            data = build_round_data([e.prompt for e in pairs], {"chosen": [e.chosen for e in pairs],
-                                                                "rejected": [e.rejected for e in pairs]},
-                                    pad_id=ctx.pad_id)
-            objective, diversity = get_objective("dpo"), None
-        else:
-            prompts = ctx.train_prompts(cfg.num_prompts, round_index=rnd)
-            responses, _ = sample_k(ctx.model, params, prompts, scfg.num_samples,
-                                    jax.random.PRNGKey(cfg.seed * 100 + rnd), pad_id=ctx.pad_id, eos_id=ctx.eos_id,
-                                    sampling=cfg.sampling)
-            flat_p = [p for p in prompts for _ in range(scfg.num_samples)]
-            scores = ctx.judge.rewards(flat_p, [y for ys in responses for y in ys]).reshape(len(prompts), -1)
-            best, worst, keep = pick_best_worst(scores)
-            rows = np.flatnonzero(keep)
-            groups = {"chosen": [responses[b][best[b]] for b in rows],
-                      "rejected": [responses[b][worst[b]] for b in rows]}
-            objective = get_objective(scfg.online_loss)
-            if "sample" in objective.groups:
-                greedy = ctx.greedy_responses(ref, [prompts[b] for b in rows])
-                groups["sample"] = greedy
-            data = build_round_data([prompts[b] for b in rows], groups, pad_id=ctx.pad_id)
-            diversity = distinct_fraction([y for ys in responses for y in ys])
-            log.info("selm round %d: %d pairs, distinct samples %.3f", rnd + 1, data.size, diversity)
-        params, _ = ctx.trainer.train_round(params, ref, data, objective, steps=cfg.num_steps, first_step=first,
-                                            seed=cfg.seed + rnd, desc=f"selm r{rnd + 1}")
-        history.append({"round": rnd + 1, "distinct_samples": diversity, **ctx.quick_eval(params, rnd)})
-        ctx.save_round(rnd, params, ref, {"history": history})
-    return {"params": params, "extra": {"rounds": history}}
+    if rnd >= scfg.rounds:
+        return None
+    name, reference = f"selm r{rnd + 1}", Reference("round_start")
+    if rnd == 0:
+        pairs = offline.builtin_pairs(ctx)
+        return Round(name, TrainingSet(pairs), first_round_loss(cfg), cfg.num_steps, seed=cfg.seed,
+                     reference=reference, sampled=not offline.is_echo(ctx), info={"distinct_samples": None})
+    prompts = ctx.train_prompts(cfg.num_prompts, round_index=rnd)
+    responses, _ = ctx.sample(ctx.params, prompts, scfg.num_samples, cfg.seed * 100 + rnd)
+    best, worst, keep = pick_best_worst(ctx.rewards(prompts, responses))
+    rows = np.flatnonzero(keep)
+    kept_prompts = [prompts[b] for b in rows]
+    samples = [None] * len(rows)
+    if "sample" in get_objective(cfg.loss).groups:
+        samples = ctx.greedy(ctx.params, kept_prompts)  # y_ref from the reference: this round's start
+    pairs = [PairExample(p, responses[b][best[b]], responses[b][worst[b]], y)
+             for p, b, y in zip(kept_prompts, rows, samples)]
+    diversity = distinct_fraction([y for ys in responses for y in ys])
+    log.info("selm round %d: %d pairs, distinct samples %.3f", rnd + 1, len(pairs), diversity)
+    return Round(name, TrainingSet(pairs), cfg.loss, cfg.num_steps, seed=cfg.seed + rnd, reference=reference,
+                 sampled=True, shapes=ctx.shapes(prompts), info={"distinct_samples": diversity})
+
+
+def summarize(ctx, result) -> dict:
+    return {"rounds": result.history}
+
+
+METHOD = Method("selm", make_round, objectives, validate, summarize, evaluate_rounds=True, uses_judge=True)

@@ -6,17 +6,25 @@ estimated as ``P_hat(y_i > pi_t) = mean_j P[i, j]`` (j over all K, i included, a
 official code). Each prompt contributes its (best, worst) responses by ``P_hat`` and the
 loss ``sppo_loss`` pulls ``log pi/pi_t`` toward ``eta (P_hat - 1/2)``, with the reference
 = pi_t, frozen for the iteration. Preferences need not be transitive.
+
+One round per iteration: sampled from the current policy on the mesh, trained from it with the
+reference reset to it (``Reference("round_start")``).
 """
 
 from __future__ import annotations
 
 import logging
 
-import jax
 import numpy as np
 
-from jaxpref.objectives import get_objective
-from jaxpref.online import build_round_data, pick_best_worst, sample_k
+from jaxpref.checks import POSITIVE_INT
+from jaxpref.config import require
+from jaxpref.data.batches import PairExample
+from jaxpref.data.training_set import TrainingSet
+from jaxpref.methods import Method, check_loss
+from jaxpref.methods.offline import pick_best_worst
+from jaxpref.objectives import PAIR
+from jaxpref.train.rounds import Reference, Round
 
 log = logging.getLogger("jaxpref")
 
@@ -40,29 +48,41 @@ def win_rate_estimates(pref: np.ndarray) -> np.ndarray:
     return pref.mean(axis=-1)
 
 
-def run(ctx) -> dict:
-    """T self-play iterations, each with the previous iteration's policy as reference."""
+EXTRAS = ("chosen_probs", "rejected_probs")
+
+
+def objectives(cfg) -> tuple[str, ...]:
+    return (cfg.loss,)
+
+
+def validate(cfg) -> None:
+    check_loss(cfg, groups=PAIR, extras=EXTRAS)
+    problem = POSITIVE_INT.problem(cfg.sppo.iterations)
+    require(problem is None, "sppo.iterations", problem or "")
+    require(isinstance(cfg.sppo.num_samples, int) and cfg.sppo.num_samples >= 2, "sppo.num_samples",
+            f"must be an integer >= 2, got {cfg.sppo.num_samples!r}")
+
+
+def make_round(ctx, it: int) -> Round | None:
+    """Iteration ``it``: K samples per prompt from pi_t, the K x K preference matrix, (best, worst)."""
     cfg, scfg = ctx.cfg, ctx.cfg.sppo
-    start, params, history = ctx.resume_rounds()
-    objective = get_objective(cfg.loss)
-    for it in range(start, scfg.iterations):
-        prompts = ctx.train_prompts(cfg.num_prompts, round_index=it)
-        responses, _ = sample_k(ctx.model, params, prompts, scfg.num_samples, jax.random.PRNGKey(cfg.seed * 100 + it),
-                                pad_id=ctx.pad_id, eos_id=ctx.eos_id, sampling=cfg.sampling)
-        p_hat = win_rate_estimates(preference_matrix(ctx.judge, prompts, responses))
-        best, worst, keep = pick_best_worst(p_hat)
-        rows = np.flatnonzero(keep)
-        data = build_round_data(
-            [prompts[b] for b in rows],
-            {"chosen": [responses[b][best[b]] for b in rows], "rejected": [responses[b][worst[b]] for b in rows]},
-            pad_id=ctx.pad_id,
-            extras={"chosen_probs": p_hat[rows, best[rows]], "rejected_probs": p_hat[rows, worst[rows]]},
-        )
-        log.info("sppo iteration %d: %d/%d informative prompts", it + 1, rows.size, len(prompts))
-        first = it * cfg.num_steps
-        params, stats = ctx.trainer.train_round(params, params, data, objective, steps=cfg.num_steps,
-                                                first_step=first, seed=cfg.seed + it, desc=f"sppo it{it + 1}")
-        history.append({"iteration": it + 1, **ctx.quick_eval(params, it),
-                        "mean_best_win_rate": float(p_hat[rows, best[rows]].mean())})
-        ctx.save_round(it, params, params, {"history": history})
-    return {"params": params, "extra": {"iterations": history}}
+    if it >= scfg.iterations:
+        return None
+    prompts = ctx.train_prompts(cfg.num_prompts, round_index=it)
+    responses, _ = ctx.sample(ctx.params, prompts, scfg.num_samples, cfg.seed * 100 + it)
+    p_hat = win_rate_estimates(preference_matrix(ctx.judge, prompts, responses))
+    best, worst, keep = pick_best_worst(p_hat)
+    rows = np.flatnonzero(keep)
+    pairs = [PairExample(prompts[b], responses[b][best[b]], responses[b][worst[b]]) for b in rows]
+    data = TrainingSet(pairs, {"chosen_probs": p_hat[rows, best[rows]], "rejected_probs": p_hat[rows, worst[rows]]})
+    log.info("sppo iteration %d: %d/%d informative prompts", it + 1, rows.size, len(prompts))
+    info = {"iteration": it + 1, "mean_best_win_rate": float(p_hat[rows, best[rows]].mean())}
+    return Round(f"sppo it{it + 1}", data, cfg.loss, cfg.num_steps, seed=cfg.seed + it,
+                 reference=Reference("round_start"), sampled=True, shapes=ctx.shapes(prompts), info=info)
+
+
+def summarize(ctx, result) -> dict:
+    return {"iterations": result.history}
+
+
+METHOD = Method("sppo", make_round, objectives, validate, summarize, evaluate_rounds=True, uses_judge=True)

@@ -202,7 +202,7 @@ def load_config(path: str | Path) -> ModelConfig:
 def load_pretrained(
     path: str | Path, dtype: DType = jnp.float32, param_dtype: DType | None = None
 ) -> tuple[CausalLM, Any]:
-    """``(model, params)`` from a local HF checkpoint folder (or a ``.gguf`` file: ``load_gguf``).
+    """``(model, params)`` from a local HF checkpoint folder.
 
     ``dtype`` is the compute dtype; ``param_dtype`` defaults to the checkpoint's dtype (that
     of the embedding table), so bf16 checkpoints stay bf16. Params land on the default
@@ -214,10 +214,6 @@ def load_pretrained(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
-    if path.suffix == ".gguf":
-        from jaxpref.models.gguf import load_gguf
-
-        return load_gguf(path, dtype=dtype, param_dtype=param_dtype)
     config = load_config(path)
     folder = _SafetensorsFolder(path)
     if param_dtype is None:
@@ -304,15 +300,8 @@ def save_pretrained(model: CausalLM, params: Any, path: str | Path, *, max_shard
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """``transformers.AutoTokenizer`` from a local folder (no hub access, no remote code).
-
-    A ``.gguf`` file gives the tokenizer stored in its metadata (``gguf_tokenizer``).
-    """
+    """``transformers.AutoTokenizer`` from a local folder (no hub access, no remote code)."""
     path = Path(path)
-    if path.suffix == ".gguf":
-        from jaxpref.models.gguf import gguf_tokenizer
-
-        return gguf_tokenizer(path)
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer folder {path} does not exist")
     if not any((path / f).exists() for f in _TOKENIZER_FILES):

@@ -368,7 +368,7 @@ def scan_unroll_length(scan_unroll: int, num_layers: int, *, remat: bool = False
     return min(scan_unroll, num_layers)
 
 
-def _attend_mask(key_valid_bs: Array, query_slot_t: Array, key_slot_s: Array, sliding_window: int | None) -> Array:
+def attend_mask(key_valid_bs: Array, query_slot_t: Array, key_slot_s: Array, sliding_window: int | None) -> Array:
     """``[B, T, S]`` bool: key is a real token, not after the query, and within the window."""
     distance_ts = query_slot_t[:, None] - key_slot_s[None, :]
     allowed_ts = distance_ts >= 0
@@ -403,7 +403,7 @@ def forward(
     if positions is None:
         positions = default_positions(attention_mask)
     slots = jnp.arange(input_ids.shape[1])
-    attend = _attend_mask(attention_mask, slots, slots, model.config.sliding_window)
+    attend = attend_mask(attention_mask, slots, slots, model.config.sliding_window)
     logits, _ = model.apply({"params": params}, input_ids, positions, attend)
     return logits
 
@@ -437,7 +437,7 @@ def forward_cached(
     positions = valid_before_b[:, None] + default_positions(attention_mask)
     mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask.astype(jnp.int32), (0, cache_index))
     query_slots = cache_index + jnp.arange(num_new)
-    attend = _attend_mask(mask, query_slots, slots, model.config.sliding_window)
+    attend = attend_mask(mask, query_slots, slots, model.config.sliding_window)
     logits, (k, v) = model.apply({"params": params}, input_ids, positions, attend, (cache.k, cache.v), cache_index,
                                  output_index)
     return logits, KVCache(k, v, mask)
@@ -525,6 +525,7 @@ _TOP_LEVEL_AXES = {
     ("embed", "embedding"): ("vocab", "embed"),
     ("final_norm", "scale"): ("embed",),
     ("lm_head", "kernel"): ("embed", "vocab"),
+    ("score", "kernel"): ("embed", None),  # reward models (models.reward): [E, 1]
 }
 _LAYER_AXES = {
     ("attn_norm", "scale"): ("embed",),
@@ -543,7 +544,10 @@ _LAYER_AXES = {
 
 
 def param_logical_axes(path: tuple[str, ...]) -> tuple[str | None, ...]:
-    """Logical axis names of the param at ``path`` (e.g. ``('layers', 'attn', 'q', 'kernel')``)."""
+    """Logical axis names of the param at ``path`` (e.g. ``('layers', 'attn', 'q', 'kernel')``);
+    a reward model's ``backbone/...`` params are named as the LM's."""
+    if path[0] == "backbone":
+        return param_logical_axes(path[1:])
     if path[0] == "layers" and path[1:] in _LAYER_AXES:
         return ("layers",) + _LAYER_AXES[path[1:]]
     if path in _TOP_LEVEL_AXES:

@@ -28,12 +28,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
-
-from jaxpref.batches import PairExample
-from jaxpref.evaluation import sample_responses
-from jaxpref.online import pick_best_worst
 
 log = logging.getLogger("jaxpref")
 
@@ -180,63 +175,3 @@ class SentimentTask:
     def preference_probs(self, rewards_1: np.ndarray, rewards_2: np.ndarray) -> np.ndarray:
         """Bradley-Terry ``P(y1 > y2)`` from reward arrays (any shape)."""
         return _sigmoid((np.asarray(rewards_1) - np.asarray(rewards_2)) / self.bt_temperature)
-
-
-def make_preference_pairs(
-    task: SentimentTask,
-    model: Any,
-    params: Any,
-    prompts: Sequence[Sequence[int]],
-    rng: jax.Array,
-    *,
-    num_samples: int = 2,
-    pairing: str = "adjacent",
-    batch_size: int = 16,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    min_reward_gap: float = 0.0,
-) -> list[PairExample]:
-    """Preference pairs from the policy's own samples, labelled by Bradley-Terry on the oracle.
-
-    Samples ``num_samples`` continuations per prompt with ``jaxpref.sampling.generate``.
-    ``pairing="adjacent"`` (``num_samples`` even) pairs them as (0, 1), (2, 3), ...;
-    ``pairing="best_worst"`` makes one pair per prompt from its highest- and lowest-reward
-    samples (as RSO/SELM-style pipelines do; a larger margin per labelled pair). Each pair's
-    winner is drawn with probability ``task.preference_probs(r1, r2)``. Pairs with identical
-    responses, or with ``|r1 - r2| < min_reward_gap``, are dropped (they carry no preference).
-    ``rng``: a JAX key.
-
-    Returns ``PairExample(prompt, chosen, rejected)`` in prompt order; responses keep their EOS.
-    """
-    if pairing not in ("adjacent", "best_worst"):
-        raise ValueError(f"pairing: unknown {pairing!r}; known: adjacent, best_worst")
-    if num_samples < 2 or (pairing == "adjacent" and num_samples % 2):
-        raise ValueError(f"num_samples must be >= 2 (and even for adjacent pairing), got {num_samples}")
-    sample_rng, label_rng = jax.random.split(rng)
-    repeated = [list(p) for p in prompts for _ in range(num_samples)]
-    responses, _ = sample_responses(
-        model, params, repeated, sample_rng, eos_id=task.eos_id, pad_id=task.pad_id,
-        max_new_tokens=task.max_new_tokens, batch_size=batch_size, temperature=temperature, top_k=top_k,
-        top_p=top_p,
-    )
-    rewards = task.rewards(repeated, responses)
-    if pairing == "adjacent":
-        first = np.arange(0, len(repeated), 2)
-        second = first + 1
-    else:
-        best, worst, _ = pick_best_worst(rewards.reshape(len(prompts), num_samples))
-        offsets = np.arange(len(prompts)) * num_samples
-        first, second = offsets + best, offsets + worst
-    first_wins_prob = task.preference_probs(rewards[first], rewards[second])
-    first_wins = np.asarray(jax.random.uniform(label_rng, first_wins_prob.shape)) < first_wins_prob
-    pairs = []
-    for i, j, wins in zip(first, second, first_wins):
-        y1, y2 = responses[i], responses[j]
-        if y1 == y2 or abs(rewards[i] - rewards[j]) < min_reward_gap:
-            continue
-        chosen, rejected = (y1, y2) if wins else (y2, y1)
-        pairs.append(PairExample(repeated[i], chosen, rejected))
-    log.info("preference pairs: kept %d of %d (%s, mean reward of samples %.3f)", len(pairs), len(first_wins),
-             pairing, rewards.mean())
-    return pairs

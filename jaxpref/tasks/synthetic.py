@@ -23,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxpref.batches import PairExample
+from jaxpref.data.batches import PairExample
 
 PAD, BOS, EOS, SEP = 0, 1, 2, 3
 NUM_SPECIAL = 4

@@ -1,4 +1,4 @@
-"""The jitted train steps: one for every preference objective, one for SFT.
+"""The train step: one body for every objective (preference losses, SFT, Bradley-Terry).
 
 A step runs a single fused forward over all sequence groups of the batch (chosen and rejected
 concatenated along the batch axis, plus any extra group the objective needs; or, with
@@ -17,11 +17,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxpref.batches import CHOSEN, PROMPT, REJECTED, PairedBatch, SharedPromptPairs, UnpairedBatch, pack_shared_prompt
+from jaxpref.data.batches import (
+    CHOSEN,
+    PROMPT,
+    REJECTED,
+    PairedBatch,
+    SharedPromptPairs,
+    UnpairedBatch,
+    pack_shared_prompt,
+)
 from jaxpref.losses import completion_lengths, sequence_logps, token_logps
-from jaxpref.models import forward
-from jaxpref.objectives import LossHParams, LossInputs, Objective, Sequences
-from jaxpref.train_state import TrainState, update_reference
+from jaxpref.models import RewardModel, forward
+from jaxpref.objectives import LossInputs, Objective, Sequences
+from jaxpref.train.state import TrainState, update_reference
 
 Groups = Mapping[str, Sequences]
 Extras = Mapping[str, jax.Array]
@@ -49,14 +57,16 @@ def batch_groups(
             "chosen": Sequences(batch.chosen_ids, batch.chosen_attention_mask, batch.chosen_completion_mask),
             "rejected": Sequences(batch.rejected_ids, batch.rejected_attention_mask, batch.rejected_completion_mask),
         }
+        if batch.sample_ids is not None:
+            groups["sample"] = Sequences(batch.sample_ids, batch.sample_attention_mask, batch.sample_completion_mask)
         if share_prompt:
             groups[SHARED_PROMPT] = pack_shared_prompt(batch, pad_id=pad_id, sizes=packed_sizes)
         return groups, {}
     if isinstance(batch, UnpairedBatch):
-        return {
-            "completion": Sequences(batch.ids, batch.attention_mask, batch.completion_mask),
-            "kl": Sequences(batch.kl_ids, batch.kl_attention_mask, batch.kl_completion_mask),
-        }, {"desirable": batch.desirable}
+        groups = {"completion": Sequences(batch.ids, batch.attention_mask, batch.completion_mask)}
+        if batch.kl_ids is not None:
+            groups["kl"] = Sequences(batch.kl_ids, batch.kl_attention_mask, batch.kl_completion_mask)
+        return groups, {"desirable": batch.desirable}
     raise TypeError(f"unsupported batch type {type(batch).__name__}")
 
 
@@ -80,6 +90,20 @@ def shared_prompt_logps(model, params, packed: SharedPromptPairs) -> dict[str, j
         name: jnp.sum(jnp.where(packed.target_segment == seg_id, target_logps, 0.0), axis=-1)
         for name, seg_id in (("chosen", CHOSEN), ("rejected", REJECTED))
     }
+
+
+def sequence_scores(model, params, groups: Groups, names: tuple[str, ...]) -> dict[str, jax.Array]:
+    """What the objectives score each row with: ``{name: [B] float32}`` from one fused forward.
+
+    For a ``CausalLM``, the summed completion log-probs (``grouped_logps``); for a
+    ``RewardModel``, its scalar score of each ``prompt + response`` row.
+    """
+    if isinstance(model, RewardModel):
+        ids = jnp.concatenate([groups[n].ids for n in names], axis=0)
+        attn = jnp.concatenate([groups[n].attention_mask for n in names], axis=0)
+        scores = model.apply({"params": params}, ids, attn)
+        return dict(zip(names, jnp.split(scores, len(names))))
+    return grouped_logps(model, params, groups, names)
 
 
 def grouped_logps(model, params, groups: Groups, names: tuple[str, ...]) -> dict[str, jax.Array]:
@@ -108,7 +132,7 @@ def reference_logps(model, ref_params, groups: Groups, names: tuple[str, ...]) -
 def make_train_step(
     model,
     objective: Objective,
-    hparams: LossHParams,
+    hparams: Mapping[str, float | bool],
     tx: optax.GradientTransformation,
     *,
     ref_update_every: int = 0,
@@ -116,15 +140,19 @@ def make_train_step(
 ) -> Callable[[TrainState, Groups, Extras], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds ``step(state, groups, extras) -> (state, metrics)`` (wrap it in ``jax.jit``).
 
-    If ``extras`` holds ``ref_<group>`` arrays for every group, those precomputed reference
-    log-probs are used and no reference forward runs (only valid for a frozen reference).
+    ``hparams``: the values of ``objective.hparams`` (``objectives.hparams_of``). If ``extras``
+    holds ``ref_<group>`` arrays for every group, those precomputed reference log-probs are
+    used and no reference forward runs (only valid for a frozen reference).
     """
     names = objective.groups
+    hparams = dict(hparams)
+    if set(hparams) != set(objective.hparams):
+        raise ValueError(f"hparams {sorted(hparams)} do not match the objective's {sorted(objective.hparams)}")
 
     def loss_fn(params, ref, groups, extras):
-        policy = grouped_logps(model, params, groups, names)
+        policy = sequence_scores(model, params, groups, names)
         lengths = {n: completion_lengths(groups[n].completion_mask) for n in names}
-        per_example, chosen_r, rejected_r = objective.compute(LossInputs(policy, ref, lengths, extras), hparams)
+        per_example, chosen_r, rejected_r = objective.compute(LossInputs(policy, ref, lengths, extras), **hparams)
         return jnp.mean(per_example), (chosen_r, rejected_r, policy)
 
     def step(state: TrainState, groups: Groups, extras: Extras):
@@ -140,7 +168,10 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # An update that would leave any param non-finite (e.g. an overflowing learning rate) is
+        # dropped like a non-finite loss or gradient: non-finite params never reach a checkpoint.
+        params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         state = state.replace(
             step=state.step + 1,
@@ -159,31 +190,13 @@ def make_train_step(
         if objective.paired:
             metrics["reward_accuracy"] = jnp.mean((chosen_r > rejected_r).astype(jnp.float32))
             metrics["reward_margin"] = jnp.mean(chosen_r - rejected_r)
-            metrics["chosen_logps"] = jnp.mean(policy["chosen"])
-            metrics["rejected_logps"] = jnp.mean(policy["rejected"])
+            if objective.model == "lm":
+                metrics["chosen_logps"] = jnp.mean(policy["chosen"])
+                metrics["rejected_logps"] = jnp.mean(policy["rejected"])
         if ref:
             # Mean log pi/pi_ref over the batch's responses: a KL(pi || ref) estimate when the
             # responses are policy samples, a drift indicator otherwise.
             metrics["kl_estimate"] = jnp.mean(jnp.stack([jnp.mean(policy[n] - ref[n]) for n in names]))
         return state, metrics
-
-    return step
-
-
-def make_sft_step(model, tx: optax.GradientTransformation):
-    """``step(state, seqs: Sequences) -> (state, metrics)``: token-mean NLL of completions."""
-
-    def loss_fn(params, seqs):
-        logits = forward(model, params, seqs.ids, seqs.attention_mask)
-        total = jnp.sum(sequence_logps(logits, seqs.ids, seqs.completion_mask))
-        return -total / jnp.maximum(jnp.sum(completion_lengths(seqs.completion_mask)), 1.0)
-
-    def step(state: TrainState, seqs: Sequences):
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, seqs)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        state = state.replace(
-            step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
-        )
-        return state, {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": jnp.sum(seqs.attention_mask)}
 
     return step

@@ -7,7 +7,7 @@ Padding contract:
   tokens only (the tokens whose log-probs the losses sum).
 - Chosen and rejected sequences of one batch share ``T`` so they can be concatenated along the
   batch axis for a single fused forward pass.
-- Prompts for sampling are **left-padded** (see ``jaxpref.sampling``).
+- Prompts for sampling are **left-padded** (see ``jaxpref.infer.sampling``).
 
 Every field is a numpy (host) or jax array; the types are NamedTuples, hence pytrees.
 """
@@ -21,7 +21,10 @@ import numpy as np
 
 
 class PairedBatch(NamedTuple):
-    """Preference pairs. All arrays ``[B, T]`` int32."""
+    """Preference pairs. All arrays ``[B, T]`` int32.
+
+    ``sample_*``: a third response per pair (SELM's reference sample ``y_ref``), or None.
+    """
 
     chosen_ids: np.ndarray
     chosen_attention_mask: np.ndarray
@@ -29,6 +32,9 @@ class PairedBatch(NamedTuple):
     rejected_ids: np.ndarray
     rejected_attention_mask: np.ndarray
     rejected_completion_mask: np.ndarray
+    sample_ids: np.ndarray | None = None
+    sample_attention_mask: np.ndarray | None = None
+    sample_completion_mask: np.ndarray | None = None
 
 
 class UnpairedBatch(NamedTuple):
@@ -37,23 +43,23 @@ class UnpairedBatch(NamedTuple):
     ``ids/attention_mask/completion_mask``: ``[B, T]`` int32, prompt x_i + completion y_i.
     ``desirable``: ``[B]`` bool label.
     ``kl_*``: ``[B, T]`` mismatched sequences (x_i, y_{(i+1) mod B}) used only for KTO's
-    reference-point KL estimate.
+    reference-point KL estimate; None when not collated (``collate_unpaired(kl=False)``).
     """
 
     ids: np.ndarray
     attention_mask: np.ndarray
     completion_mask: np.ndarray
     desirable: np.ndarray
-    kl_ids: np.ndarray
-    kl_attention_mask: np.ndarray
-    kl_completion_mask: np.ndarray
+    kl_ids: np.ndarray | None
+    kl_attention_mask: np.ndarray | None
+    kl_completion_mask: np.ndarray | None
 
 
 class SharedPromptPairs(NamedTuple):
     """The pairs of a ``PairedBatch`` packed so that each prompt is run once.
 
     Row b is ``[prompt][chosen completion][rejected completion][padding]`` (length ``Tp``);
-    ``jaxpref.train_step.shared_prompt_logps`` lets chosen tokens see the prompt and earlier
+    ``jaxpref.train.step.shared_prompt_logps`` lets chosen tokens see the prompt and earlier
     chosen tokens, rejected tokens the prompt and earlier rejected tokens, each with the
     RoPE positions they have in their own sequence, so the log-probs equal those of the two
     separate sequences while the prompt's layers run once instead of twice.
@@ -74,11 +80,15 @@ class SharedPromptPairs(NamedTuple):
 
 
 class PairExample(NamedTuple):
-    """One tokenized preference pair (lists of token ids, no padding)."""
+    """One tokenized preference pair (lists of token ids, no padding).
+
+    ``sample``: an optional third response to the same prompt (SELM's ``y_ref``).
+    """
 
     prompt: Sequence[int]
     chosen: Sequence[int]
     rejected: Sequence[int]
+    sample: Sequence[int] | None = None
 
 
 class UnpairedExample(NamedTuple):
@@ -136,34 +146,56 @@ def pad_sequences(
 def collate_pairs(
     examples: Sequence[PairExample], *, pad_id: int, buckets: Sequence[int]
 ) -> PairedBatch:
-    """Pads a list of pairs into one ``PairedBatch`` whose T is the bucket of the longest row."""
-    longest = max(len(e.prompt) + max(len(e.chosen), len(e.rejected)) for e in examples)
-    t = bucket_length(longest, buckets)
+    """Pads a list of pairs into one ``PairedBatch`` whose T is the bucket of the longest row
+    (the ``sample`` responses too, when every pair has one)."""
+    t = bucket_length(pairs_length(examples), buckets)
     prompts = [e.prompt for e in examples]
     c = pad_sequences(prompts, [e.chosen for e in examples], length=t, pad_id=pad_id)
     r = pad_sequences(prompts, [e.rejected for e in examples], length=t, pad_id=pad_id)
+    if all(e.sample is not None for e in examples):
+        return PairedBatch(*c, *r, *pad_sequences(prompts, [e.sample for e in examples], length=t, pad_id=pad_id))
     return PairedBatch(*c, *r)
 
 
-def collate_unpaired(
-    examples: Sequence[UnpairedExample], *, pad_id: int, buckets: Sequence[int]
-) -> UnpairedBatch:
-    """Pads unpaired examples; the KL rows pair prompt i with completion (i+1) mod B.
+def responses_of(example: PairExample) -> tuple[Sequence[int], ...]:
+    """The responses of a pair: chosen, rejected and, when present, the sample."""
+    return (example.chosen, example.rejected) + (() if example.sample is None else (example.sample,))
 
-    A shifted completion is cut to fit ``max(buckets)`` next to its new prompt: the KL rows
-    only estimate KTO's reference point, so a shorter mismatched completion is harmless.
-    """
+
+def pairs_length(examples: Sequence[PairExample]) -> int:
+    """Tokens of the longest row of ``collate_pairs(examples)``."""
+    return max(len(e.prompt) + max(map(len, responses_of(e))) for e in examples)
+
+
+def kl_completions(examples: Sequence[UnpairedExample], limit: int) -> list[list[int]]:
+    """KTO's mismatched completions: row i gets completion ``(i + 1) mod n``, cut to fit ``limit``
+    tokens next to prompt i (the KL rows only estimate KTO's reference point, so a shorter
+    mismatched completion is harmless)."""
+    comps = [list(e.completion) for e in examples]
+    return [c[: max(limit - len(e.prompt), 0)] for e, c in zip(examples, comps[1:] + comps[:1])]
+
+
+def unpaired_length(examples: Sequence[UnpairedExample], limit: int, *, kl: bool = True) -> int:
+    """Tokens of the longest row of ``collate_unpaired(examples, ...)`` with largest bucket ``limit``."""
+    longest = max(len(e.prompt) + len(e.completion) for e in examples)
+    if kl:
+        longest = max(longest, max(len(e.prompt) + len(c) for e, c in zip(examples, kl_completions(examples, limit))))
+    return longest
+
+
+def collate_unpaired(
+    examples: Sequence[UnpairedExample], *, pad_id: int, buckets: Sequence[int], kl: bool = True
+) -> UnpairedBatch:
+    """Pads unpaired examples; with ``kl``, the KL rows pair prompt i with completion (i+1) mod B
+    (``kl_completions``)."""
     prompts = [e.prompt for e in examples]
-    comps = [e.completion for e in examples]
     limit = max(buckets)
-    shifted = [list(c)[: max(limit - len(p), 0)] for p, c in zip(prompts, comps[1:] + comps[:1])]
-    longest = max(
-        max(len(p) + len(c), len(p) + len(s)) for p, c, s in zip(prompts, comps, shifted)
-    )
-    t = bucket_length(longest, buckets)
-    ids, attn, comp = pad_sequences(prompts, comps, length=t, pad_id=pad_id)
-    kl_ids, kl_attn, kl_comp = pad_sequences(prompts, shifted, length=t, pad_id=pad_id)
+    t = bucket_length(unpaired_length(examples, limit, kl=kl), buckets)
+    ids, attn, comp = pad_sequences(prompts, [e.completion for e in examples], length=t, pad_id=pad_id)
     desirable = np.asarray([bool(e.desirable) for e in examples])
+    if not kl:
+        return UnpairedBatch(ids, attn, comp, desirable, None, None, None)
+    kl_ids, kl_attn, kl_comp = pad_sequences(prompts, kl_completions(examples, limit), length=t, pad_id=pad_id)
     return UnpairedBatch(ids, attn, comp, desirable, kl_ids, kl_attn, kl_comp)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import jax
 
-from jaxpref.config_checks import ConfigError
+from jaxpref.config import ConfigError
 
 log = logging.getLogger("jaxpref")
 

@@ -1,4 +1,4 @@
-"""Device mesh, logical-axis sharding rules, and the sharded train step.
+"""Device mesh, logical-axis sharding rules, global batches and sharded jitted steps.
 
 The mesh has three named axes (flax lm1b / MaxText naming):
 
@@ -24,14 +24,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from jaxpref.config_checks import ConfigError
+from jaxpref.config import ConfigError
 from jaxpref.models import logical_axes
-from jaxpref.train_state import TrainState, create_train_state
 
 log = logging.getLogger("jaxpref")
 
@@ -168,59 +165,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-# --- Train state ------------------------------------------------------------------------------
-
-
-def train_state_shardings(
-    abstract_state: TrainState, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules
-) -> TrainState:
-    """A ``TrainState`` of ``NamedSharding``s for ``abstract_state`` (e.g. from ``jax.eval_shape``).
-
-    Policy and reference share the param shardings; every params-shaped tree inside the
-    optimizer state (AdamW's ``mu``/``nu``) follows them (``optax.tree_map_params``); every
-    other leaf (step, counts, rng) is replicated.
-    """
-    params = param_shardings(abstract_state.params, mesh, rules)
-    rep = replicated(mesh)
-    opt_state = optax.tree_map_params(
-        tx, lambda _, sharding: sharding, abstract_state.opt_state, params, transform_non_params=lambda _: rep
-    )
-    return TrainState(
-        step=rep,
-        params=params,
-        ref_params=None if abstract_state.ref_params is None else params,
-        opt_state=opt_state,
-        rng=rep,
-    )
-
-
 def with_shardings(abstract: PyTree, shardings: PyTree) -> PyTree:
     """``ShapeDtypeStruct``s of ``abstract`` carrying ``shardings`` (for sharded restores)."""
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def create_sharded_train_state(
-    params: PyTree,
-    tx: optax.GradientTransformation,
-    shardings: TrainState,
-    *,
-    rng: jax.Array,
-    with_reference: bool,
-) -> TrainState:
-    """``create_train_state`` laid out as ``shardings`` (see ``train_state_shardings``).
-
-    ``params``: the same values on every process (e.g. a loaded checkpoint, as host or
-    process-local arrays); each device receives only its shard (``jax.device_put``). The
-    state holds copies, so ``params`` stays valid when the state is later donated. The
-    reference and the optimizer state are created directly in their sharded layout.
-    """
-    params = jax.device_put(params, shardings.params)
-    rng = jax.device_put(rng, shardings.rng)
-
-    def create(p, key):
-        return create_train_state(jax.tree.map(jnp.copy, p), tx, rng=key, with_reference=with_reference)
-
-    return jax.jit(create, out_shardings=shardings)(params, rng)
+def describe(mesh: Mesh) -> dict:
+    """``{"mesh": {axis: size}, "devices": n, "processes": n, "platform": ...}`` for summaries."""
+    return {"mesh": {k: int(v) for k, v in mesh.shape.items()}, "devices": int(mesh.devices.size),
+            "processes": jax.process_count(), "platform": jax.devices()[0].platform}
 
 
 # --- Batches ----------------------------------------------------------------------------------
@@ -271,7 +224,7 @@ def global_batch(local: PyTree, mesh: Mesh) -> PyTree:
 
 
 def jit_train_step(
-    step: Callable, state_shardings: TrainState, mesh: Mesh, compiler_options: dict[str, str] | None = None
+    step: Callable, state_shardings: PyTree, mesh: Mesh, compiler_options: dict[str, str] | None = None
 ) -> Callable:
     """``jax.jit`` of ``step(state, groups, extras) -> (state, metrics)`` for ``mesh``.
 
@@ -293,12 +246,48 @@ def to_host(tree: PyTree) -> PyTree:
     """Numpy copies of (possibly sharded, multi-process) global arrays, on every process.
 
     With several processes this is a collective (every process must call it, e.g. before
-    process 0 exports the params): one jitted reshard to fully replicated, then a local
-    read, so each device briefly holds a full copy of ``tree``.
+    process 0 exports the params): each array is gathered fully replicated
+    (``multihost_utils.process_allgather``), then read locally.
     """
     if jax.process_count() > 1:
-        meshes = {leaf.sharding.mesh for leaf in jax.tree.leaves(tree)}
-        if len(meshes) != 1:
-            raise ValueError(f"to_host needs arrays on one mesh, got {len(meshes)}")
-        tree = jax.jit(lambda t: t, out_shardings=replicated(meshes.pop()))(tree)
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
     return jax.device_get(tree)
+
+
+# --- Host work split over processes -----------------------------------------------------------
+
+
+def process_share(num_rows: int) -> tuple[int, int]:
+    """``(lo, hi)``: the contiguous rows of a global batch of ``num_rows`` this process feeds
+    (``num_rows`` divisible by the process count), as ``global_batch`` expects them."""
+    per = num_rows // jax.process_count()
+    return jax.process_index() * per, (jax.process_index() + 1) * per
+
+
+def gather_host_rows(fn: Callable[[int, int], np.ndarray], num_rows: int) -> np.ndarray:
+    """Runs a host function on this process's share of ``num_rows`` rows, returns all rows.
+
+    ``fn(lo, hi)`` returns the ``[hi - lo]`` results of rows ``[lo, hi)`` (e.g. judge rewards of
+    those responses). Each process computes ``ceil(num_rows / P)`` rows, the results are
+    gathered, and every process gets the same ``[num_rows]`` numpy array.
+    """
+    count = jax.process_count()
+    if count == 1:
+        return np.asarray(fn(0, num_rows))
+    from jax.experimental import multihost_utils
+
+    per = -(-num_rows // count)
+    lo, hi = min(jax.process_index() * per, num_rows), min((jax.process_index() + 1) * per, num_rows)
+    local = np.asarray(fn(lo, hi), np.float64) if hi > lo else np.zeros((0,), np.float64)
+    padded = np.zeros((per,), np.float64)
+    padded[: hi - lo] = local
+    return np.asarray(multihost_utils.process_allgather(padded)).reshape(-1)[:num_rows]
+
+
+def kv_cache_sharding(mesh: Mesh, num_kv_heads: int) -> NamedSharding:
+    """``[B, K, S, D]`` cache buffers: the batch over ``('data', 'fsdp')``, KV heads over
+    ``tensor`` when it divides them (as the K/V projections are split), the rest replicated."""
+    heads = "tensor" if num_kv_heads % mesh.shape["tensor"] == 0 else None
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, heads, None, None))

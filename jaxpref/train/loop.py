@@ -18,9 +18,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxpref.checkpointing import Checkpointer
-from jaxpref.host_memory import CompileAhead
-from jaxpref.metrics_log import MetricsLogger
+from jaxpref.runtime.checkpointing import Checkpointer
+from jaxpref.runtime.host_memory import CompileAhead
+from jaxpref.runtime.metrics_log import MetricsLogger
 
 log = logging.getLogger("jaxpref")
 
@@ -87,23 +87,24 @@ def run_steps(
     *,
     start: int,
     stop: int,
-    logger: MetricsLogger,
+    logger: MetricsLogger | None,
     log_every: int,
     checkpointer: Checkpointer | None = None,
     checkpoint_every: int = 0,
-    meta: dict | None = None,
+    meta: Callable[[int, LoopStats], dict] | None = None,
     desc: str = "train",
     on_nonfinite: str = "skip",
 ) -> tuple[Any, LoopStats]:
     """Runs global steps ``[start, stop)``: ``state, metrics = step_fn(state, *batch_at(step))``.
 
     Saves a checkpoint every ``checkpoint_every`` steps and at ``stop`` when a checkpointer
-    is given (``checkpoint_every=0``: only at ``stop``). Steps with a non-finite loss or
+    is given (``checkpoint_every=0``: only at ``stop``), with metadata ``meta(step, stats)``.
+    ``logger=None`` writes no metrics (progress lines only). Steps with a non-finite loss or
     gradient leave the state unchanged (the step function does that); they are counted, and
     ``NonFiniteError`` is raised at the next log point when ``on_nonfinite="stop"`` or when
     every step since the last log point was skipped — before any checkpoint of those steps,
     so the last good checkpoint stays the latest. A jitted ``step_fn`` is compiled ahead of
-    its first run per batch shape (``jaxpref.host_memory.CompileAhead``).
+    its first run per batch shape (``jaxpref.runtime.host_memory.CompileAhead``).
     """
     if hasattr(step_fn, "lower"):
         step_fn = CompileAhead(step_fn)
@@ -144,7 +145,8 @@ def _loop(step_fn, state, batch_at, bar, stats, stop_signals, *, start, stop, lo
             compiled = True
             avg["tokens_per_second"] = tokens / dt
             del avg["tokens"]
-            logger.write(done, avg)
+            if logger is not None:
+                logger.write(done, avg)
             stats.last_metrics = avg
             bar.set_postfix(loss=f"{avg['loss']:.4f}", tok_s=f"{avg['tokens_per_second']:.0f}")
             acc = f" reward_acc {avg['reward_accuracy']:.3f}" if "reward_accuracy" in avg else ""
@@ -154,10 +156,10 @@ def _loop(step_fn, state, batch_at, bar, stats, stop_signals, *, start, stop, lo
         at_checkpoint = checkpoint_every and done % checkpoint_every == 0
         if checkpointer is not None and (at_checkpoint or done == stop):
             t_save = time.perf_counter()
-            checkpointer.save(done, state, {**(meta or {}), "step": done})
+            checkpointer.save(done, state, {**(meta(done, stats) if meta else {}), "step": done})
             t_interval += time.perf_counter() - t_save  # checkpoint time is not training time
         if stop_signals.requested is not None:
             if checkpointer is not None and not (at_checkpoint or done == stop):
-                checkpointer.save(done, state, {**(meta or {}), "step": done})
+                checkpointer.save(done, state, {**(meta(done, stats) if meta else {}), "step": done})
             raise Preempted(done, stop_signals.requested)
     return state

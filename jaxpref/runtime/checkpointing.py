@@ -27,6 +27,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Writes the state and metadata for ``step`` and waits until it is committed."""
         self._manager.save(
@@ -35,6 +38,14 @@ class Checkpointer:
             force=True,
         )
         self._manager.wait_until_finished()
+
+    def read_meta(self, step: int | None = None) -> dict | None:
+        """The JSON metadata of ``step`` (default: latest), without restoring the state; None if
+        there is no checkpoint."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restores ``step`` (default: latest) into the structure/shardings of ``abstract_state``."""

@@ -1,0 +1,84 @@
+"""Held-out evaluation: sample from the policy and the starting (SFT) policy, judge, compare.
+
+``win_rate_vs_sft`` is the fraction of held-out prompts on which the policy's sample gets a
+higher judge reward than the SFT policy's sample (ties count half). ``kl_vs_sft`` is the
+Monte-Carlo estimate ``E_{y ~ pi}[log pi(y|x) - log pi_sft(y|x)]`` from the policy's samples
+(exact in expectation at temperature 1). Everything runs on the job's mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxpref.data.batches import PairExample
+from jaxpref.data.training_set import TrainingSet
+from jaxpref.infer.sampling import sample_responses
+from jaxpref.infer.scoring import reference_logps_of, score_responses
+
+RewardFn = Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]]], np.ndarray]
+
+
+def win_rate(policy_rewards: np.ndarray, baseline_rewards: np.ndarray) -> float:
+    """Fraction of rows where the policy wins, ties counting half."""
+    p, b = np.asarray(policy_rewards), np.asarray(baseline_rewards)
+    return float(np.mean((p > b) + 0.5 * (p == b)))
+
+
+def evaluate_against_sft(
+    model, params, sft_params, prompts: Sequence[Sequence[int]], reward_fn: RewardFn, rng, *,
+    eos_id: int, pad_id: int, max_new_tokens: int, batch_size: int,
+    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, mesh: Mesh | None = None,
+    prompt_len: int | None = None,
+) -> dict:
+    """Samples policy and SFT responses to ``prompts``, judges them, and estimates KL.
+
+    Returns a dict with ``num_prompts, win_rate_vs_sft, mean_reward, sft_mean_reward, kl_vs_sft``,
+    the mean response length and a few example responses. ``prompt_len``: pad prompts to this
+    length (default: the longest), e.g. one length for every evaluation of a job (one compile).
+    """
+    kw = dict(eos_id=eos_id, pad_id=pad_id, max_new_tokens=max_new_tokens, batch_size=batch_size,
+              temperature=temperature, top_k=top_k, top_p=top_p, mesh=mesh, prompt_len=prompt_len)
+    policy_rng, sft_rng = jax.random.split(rng)
+    pol_resp, pol_logps = sample_responses(model, params, prompts, policy_rng, desc="eval sampling", **kw)
+    sft_resp, _ = sample_responses(model, sft_params, prompts, sft_rng, desc="eval sampling (SFT)", **kw)
+    length = None if prompt_len is None else prompt_len + max_new_tokens
+    sft_logps_of_pol = score_responses(model, sft_params, prompts, pol_resp, pad_id=pad_id, batch_size=batch_size,
+                                       mesh=mesh, length=length)
+    pol_r = np.asarray(reward_fn(prompts, pol_resp))
+    sft_r = np.asarray(reward_fn(prompts, sft_resp))
+    return {
+        "num_prompts": len(prompts),
+        "win_rate_vs_sft": win_rate(pol_r, sft_r),
+        "mean_reward": float(np.mean(pol_r)),
+        "sft_mean_reward": float(np.mean(sft_r)),
+        "kl_vs_sft": float(np.mean(pol_logps - sft_logps_of_pol)),
+        "mean_response_tokens": float(np.mean([len(r) for r in pol_resp])),
+        "examples": [
+            {"prompt": list(map(int, prompts[i])), "policy": pol_resp[i], "sft": sft_resp[i],
+             "policy_reward": float(pol_r[i]), "sft_reward": float(sft_r[i])}
+            for i in range(min(4, len(prompts)))
+        ],
+    }
+
+
+def held_out_preference_accuracy(
+    model, params, ref_params, pairs: Sequence[PairExample], *, pad_id: int, buckets, batch_size: int, beta: float,
+    mesh: Mesh | None = None,
+) -> dict:
+    """Implicit-reward accuracy and margin of the policy on held-out labelled pairs.
+
+    For datasets without an oracle: the fraction of pairs with
+    ``beta*h(chosen) > beta*h(rejected)`` (``h = log pi - log pi_ref``).
+    """
+    names = ("chosen", "rejected")
+    data = TrainingSet(list(pairs))
+    kw = dict(pad_id=pad_id, buckets=buckets, batch_size=batch_size, mesh=mesh)
+    pol = reference_logps_of(model, params, data, names, **kw)
+    ref = reference_logps_of(model, ref_params, data, names, **kw)
+    m = beta * ((pol["ref_chosen"] - ref["ref_chosen"]) - (pol["ref_rejected"] - ref["ref_rejected"]))
+    return {"held_out_pairs": int(m.size), "held_out_reward_accuracy": float(np.mean(m > 0)),
+            "held_out_reward_margin": float(np.mean(m))}

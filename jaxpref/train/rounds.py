@@ -1,0 +1,391 @@
+"""Rounds: every job is a sequence of them, each plain data, and one ``Trainer`` runs them all.
+
+A ``Round`` says what to train on (a ``TrainingSet``), with which objective, for how many
+steps, from which params (``init``: where the previous round ended, or the starting policy),
+and against which reference (``Reference``). The offline job is one round; SFT and reward
+models are one round of the ``sft`` / ``bradley_terry`` objectives; SPPO and SELM are one
+round per iteration with the reference reset to the round's starting policy; active DPO is one
+round per acquisition, re-trained from the starting policy.
+
+``Trainer.train(round, params)`` runs a round on the job's mesh: one compiled step per
+(objective, reference layout) for the whole job (``make_optimizer``'s schedule length lives in
+the optimizer state, so rounds of any length share it), one loop (``run_steps``: progress,
+metrics, non-finite handling, preemption), one reference mechanism (``train.state``), and one
+checkpoint layout (the ``TrainState`` plus JSON metadata naming the round).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxpref.data.batches import packed_length
+from jaxpref.data.stream import BatchStream
+from jaxpref.data.training_set import TrainingSet
+from jaxpref.infer.scoring import reference_logps_of
+from jaxpref.objectives import PAIR, get_objective, hparams_of
+from jaxpref.runtime import sharding
+from jaxpref.runtime.checkpointing import Checkpointer
+from jaxpref.runtime.compiler_options import train_compiler_options
+from jaxpref.runtime.host_memory import CompileAhead
+from jaxpref.train.loop import LoopStats, run_steps
+from jaxpref.train.optim import extend_schedule, make_optimizer, start_schedule
+from jaxpref.train.state import TrainState, create_train_state, train_state_shardings
+from jaxpref.train.step import batch_groups, make_train_step
+
+log = logging.getLogger("jaxpref")
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """The reference policy a round's loss compares against.
+
+    Attributes:
+      start: ``"sft"`` (the job's starting policy) or ``"round_start"`` (the policy the round
+        starts from: SPPO / SELM iterations, i.e. a hard reference update once per round).
+      every, alpha: trust-region updates inside the round, every ``every`` steps (0: frozen).
+      precompute: when the reference is frozen for the round (and the objective's groups are
+        per-example), compute its log-probs once before the round instead of in every step; the
+        train state then carries no reference.
+    """
+
+    start: str = "sft"
+    every: int = 0
+    alpha: float = 1.0
+    precompute: bool = True
+
+    def __post_init__(self):
+        if self.start not in ("sft", "round_start"):
+            raise ValueError(f"Reference.start must be 'sft' or 'round_start', got {self.start!r}")
+
+
+@dataclasses.dataclass
+class Round:
+    """One unit of training.
+
+    Attributes:
+      name: progress and log label ("sppo it2").
+      data: the training set (examples + per-example extras).
+      objective: a row of ``objectives.OBJECTIVES``.
+      steps: optimizer steps of the round (a fresh optimizer state each round).
+      seed: shuffling seed of the round's batches.
+      init: ``"continue"`` (params where the previous round ended) or ``"sft"`` (the starting policy).
+      reference: the reference rule.
+      sampled: the data came from sampling (saved with the checkpoints, so that a round
+        interrupted midway resumes on the same data).
+      shapes: ``(max prompt tokens, max response tokens)`` fixed for the job (online rounds): every
+        batch is padded to their sum (and packed pairs to fixed sizes), so every round's step has
+        the same shapes; None: bucketed per batch.
+      info: JSON-able facts about the round for its history record.
+      eval_index: which evaluation draw the round's quick evaluation uses (default: the round's
+        index); rounds meant to be compared on the same held-out samples share it.
+    """
+
+    name: str
+    data: TrainingSet
+    objective: str
+    steps: int
+    seed: int
+    init: str = "continue"
+    reference: Reference = Reference()
+    sampled: bool = False
+    shapes: tuple[int, int] | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+    eval_index: int | None = None
+
+
+@dataclasses.dataclass
+class RoundResult:
+    params: PyTree
+    stats: LoopStats
+    data: TrainingSet  # with the reference log-probs it was trained on, if precomputed
+
+
+class Trainer:
+    """Trains rounds of one job on a mesh; built once per job.
+
+    Args:
+      model: the policy (or reward model) module.
+      start_params: the job's starting params (the SFT policy), on the mesh.
+      cfg: the job config (``optimizer``, ``batch_size``, ``log_every``, ``checkpoint_every``,
+        ``on_nonfinite``, ``share_prompt``, ``seed`` and the loss hyper-parameters).
+      mesh, rules: the device mesh and the logical-axis rules.
+      pad_id: padding token.
+      buckets: padded lengths of bucketed batches.
+      logger: a ``MetricsLogger`` (or None).
+      checkpointer: where rounds are checkpointed (or None: no checkpoints).
+      round_dir: folder for the sampled rounds' data (``<workdir>/rounds``), if checkpointing.
+    """
+
+    def __init__(self, *, model, start_params, cfg, mesh, rules, pad_id: int, buckets, logger=None,
+                 checkpointer: Checkpointer | None = None, round_dir: str | None = None):
+        self.model, self.cfg, self.mesh, self.rules = model, cfg, mesh, rules
+        self.pad_id, self.buckets = pad_id, tuple(buckets)
+        self.logger, self.checkpointer, self.round_dir = logger, checkpointer, round_dir
+        self.tx = make_optimizer(cfg.optimizer)
+        self.param_shardings = sharding.param_shardings(start_params, mesh, rules)
+        self.start_params = jax.device_put(start_params, self.param_shardings)
+        self._layouts: dict[bool, tuple[TrainState, Any]] = {}
+        self._steps: dict[tuple, CompileAhead] = {}
+
+    # --- compiled pieces, built once per job -----------------------------------------------
+
+    def layout(self, with_reference: bool) -> tuple[TrainState, Any]:
+        """``(state shardings, jitted create(params, ref, rng, step, total))`` for a state with or
+        without a reference."""
+        if with_reference not in self._layouts:
+            tx = self.tx
+
+            def create(params, ref, rng, step, total):
+                state = create_train_state(jax.tree.map(lambda x: x.copy(), params), tx, rng=rng,
+                                           ref_params=None if ref is None else jax.tree.map(lambda x: x.copy(), ref))
+                return state.replace(step=step, opt_state=start_schedule(state.opt_state, total))
+
+            abstract = jax.eval_shape(
+                lambda p: create_train_state(p, tx, rng=jax.random.PRNGKey(0), with_reference=with_reference),
+                self.start_params)
+            shardings = train_state_shardings(abstract, tx, self.mesh, self.rules)
+            self._layouts[with_reference] = (shardings, jax.jit(create, out_shardings=shardings))
+        return self._layouts[with_reference]
+
+    def step_fn(self, objective_name: str, with_reference: bool, every: int, alpha: float) -> CompileAhead:
+        """The jitted, sharded train step for an objective and reference layout (one per job)."""
+        key = (objective_name, with_reference, every, alpha)
+        if key not in self._steps:
+            objective = get_objective(objective_name)
+            shardings, _ = self.layout(with_reference)
+            step = make_train_step(self.model, objective, hparams_of(self.cfg, objective), self.tx,
+                                   ref_update_every=every, ref_update_alpha=alpha)
+            options = train_compiler_options(self.model.config.hidden_size)
+            self._steps[key] = CompileAhead(sharding.jit_train_step(step, shardings, self.mesh, options))
+        return self._steps[key]
+
+    def new_state(self, params, ref_params, *, with_reference: bool, step: int, total: int, seed: int) -> TrainState:
+        """A fresh sharded state at global ``step`` whose schedule runs ``total`` updates."""
+        shardings, create = self.layout(with_reference)
+        rep = shardings.step
+
+        def put(tree):
+            return None if tree is None else jax.device_put(tree, shardings.params)
+
+        return create(put(params), put(ref_params), jax.device_put(jax.random.PRNGKey(seed), rep),
+                      jax.device_put(np.int32(step), rep), jax.device_put(np.int32(total), rep))
+
+    def abstract_state(self, with_reference: bool) -> TrainState:
+        """The sharded ``ShapeDtypeStruct``s of a state (a restore template)."""
+        shardings, _ = self.layout(with_reference)
+        abstract = jax.eval_shape(
+            lambda p: create_train_state(p, self.tx, rng=jax.random.PRNGKey(0), with_reference=with_reference),
+            self.start_params)
+        return sharding.with_shardings(abstract, shardings)
+
+    # --- a round ------------------------------------------------------------------------------
+
+    def plan(self, rnd: Round) -> dict:
+        """How ``rnd`` runs: ``{"objective", "precompute", "with_reference", "share_prompt"}``."""
+        objective = get_objective(rnd.objective)
+        ref = rnd.reference
+        precompute = (objective.needs_reference and ref.every == 0 and ref.precompute
+                      and objective.per_example_reference)
+        share = bool(self.cfg.get("share_prompt", False)) and objective.groups == PAIR and objective.model == "lm"
+        return {"objective": objective, "precompute": precompute, "share_prompt": share,
+                "with_reference": objective.needs_reference and not precompute}
+
+    def train(self, rnd: Round, params, *, first_step: int, state: TrainState | None = None,
+              meta=None, save_data_to: str | None = None) -> RoundResult:
+        """Runs ``rnd`` from ``params`` (ignored with ``init="sft"``) as global steps
+        ``[first_step, first_step + rnd.steps)``; ``state``: a restored mid-round state to continue.
+
+        ``meta(done, stats) -> dict``: the JSON metadata of each checkpoint. ``save_data_to``: write
+        the round's training set there (with its reference log-probs) before the first step.
+        """
+        plan = self.plan(rnd)
+        objective = plan["objective"]
+        start = self.start_params if rnd.init == "sft" else params
+        ref_params = self.start_params if rnd.reference.start == "sft" else start
+        data = rnd.data
+        names = objective.groups
+        packed = fixed_packed_sizes(rnd.shapes) if plan["share_prompt"] and rnd.shapes else None
+        buckets = (sum(rnd.shapes),) if rnd.shapes else self.buckets
+        if plan["precompute"] and not all(f"ref_{n}" in data.extras for n in names):
+            data = data.with_extras(**reference_logps_of(
+                self.model, ref_params, data, names, pad_id=self.pad_id, buckets=buckets,
+                batch_size=self.cfg.batch_size, share_prompt=plan["share_prompt"], packed=packed, mesh=self.mesh))
+        if save_data_to is not None and state is None and jax.process_index() == 0:
+            os.makedirs(os.path.dirname(save_data_to), exist_ok=True)
+            data.save(save_data_to)
+        if state is None:
+            state = self.new_state(start, ref_params if plan["with_reference"] else None,
+                                   with_reference=plan["with_reference"], step=first_step, total=rnd.steps,
+                                   seed=self.cfg.seed + first_step)
+        stream = BatchStream(data.examples, batch_size=self.cfg.batch_size, pad_id=self.pad_id, buckets=buckets,
+                             seed=rnd.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+                             kl="kl" in names, fixed_packed_sizes=packed)
+        wanted = set(objective.extras) | ({f"ref_{n}" for n in names} if plan["precompute"] else set())
+        extras = {k: v for k, v in data.extras.items() if k in wanted}
+
+        def batch_at(step):
+            local = step - first_step
+            groups, batch_extras = batch_groups(stream.batch_at(local), share_prompt=plan["share_prompt"],
+                                                pad_id=self.pad_id, packed_sizes=stream.packed_sizes(local))
+            groups = {k: v for k, v in groups.items() if k in names or k == "shared_prompt"}
+            idx = stream.local_indices(local)
+            batch_extras = {**batch_extras, **{k: v[idx] for k, v in extras.items()}}
+            return sharding.global_batch(groups, self.mesh), sharding.global_batch(batch_extras, self.mesh)
+
+        step_fn = self.step_fn(rnd.objective, plan["with_reference"], rnd.reference.every, rnd.reference.alpha)
+        done = int(jax.device_get(state.step)) - first_step
+        meta_fn = None if meta is None else (lambda step, stats: meta(step - first_step, stats))
+        state, stats = run_steps(
+            step_fn, state, batch_at, start=first_step + done, stop=first_step + rnd.steps, logger=self.logger,
+            log_every=self.cfg.log_every, checkpointer=self.checkpointer,
+            checkpoint_every=self.cfg.checkpoint_every if self.checkpointer else 0, meta=meta_fn, desc=rnd.name,
+            on_nonfinite=self.cfg.get("on_nonfinite", "skip"))
+        return RoundResult(state.params, stats, data)
+
+    def round_data_path(self, index: int) -> str | None:
+        return None if self.round_dir is None else os.path.join(self.round_dir, f"round_{index}.npz")
+
+
+def fixed_packed_sizes(shapes: tuple[int, int]) -> tuple[int, int]:
+    """Shared-prompt packing sizes ``(Tp, N)`` with room for the longest prompt and two responses
+    of the longest length (``shapes = (max prompt tokens, max response tokens)``)."""
+    prompt, response = shapes
+    return packed_length(prompt + 2 * response), packed_length(2 * response)
+
+
+# --- the job's loop over rounds -------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class JobResult:
+    """``params``: the final policy; ``history``: one record per round; ``stats``: each round's
+    loop totals (this run only); ``resumed_from_step``: the global step a resume started at."""
+
+    params: PyTree
+    history: list[dict]
+    stats: list[LoopStats]
+    resumed_from_step: int = 0
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        seconds = sum(s.train_seconds for s in self.stats)
+        return sum(s.train_tokens for s in self.stats) / seconds if seconds > 0 else None
+
+    @property
+    def skipped_steps(self) -> int:
+        return sum(s.skipped_steps for s in self.stats)
+
+
+_ROUND_FIELDS = ("name", "objective", "steps", "seed", "init", "sampled", "shapes", "info", "eval_index")
+
+
+def _round_spec(rnd: Round) -> dict:
+    spec = {k: getattr(rnd, k) for k in _ROUND_FIELDS}
+    spec["reference"] = dataclasses.asdict(rnd.reference)
+    return spec
+
+
+def _round_from_spec(spec: dict, data: TrainingSet) -> Round:
+    fields = {k: spec[k] for k in _ROUND_FIELDS}
+    fields["shapes"] = tuple(fields["shapes"]) if fields["shapes"] else None
+    return Round(data=data, reference=Reference(**spec["reference"]), **fields)
+
+
+def run_rounds(method, ctx, trainer: Trainer) -> JobResult:
+    """Runs a job: asks ``method.make_round(ctx, i)`` for rounds ``i = 0, 1, ...`` until it returns
+    None, trains each (``trainer.train``) and records it.
+
+    ``method`` has ``make_round(ctx, index) -> Round | None`` and ``evaluate_rounds`` (bool: a
+    quick held-out evaluation after each round, ``ctx.quick_eval``). ``ctx`` has ``params`` (set
+    to each round's result), ``state`` (the method's JSON-able state, checkpointed), ``history``.
+
+    Resume: the latest checkpoint's metadata names its round. A finished round continues with the
+    next one; an interrupted one continues from its checkpointed step, on the same data (re-made
+    by ``make_round`` when the round was not sampled, read back from ``trainer.round_data_path``
+    when it was). A round whose data depends on the current policy must be ``sampled``.
+    """
+    ckpt = trainer.checkpointer
+    meta = ckpt.read_meta() if ckpt is not None else None
+    index, first_step, resumed_from = 0, 0, 0
+    ctx.params, ctx.history = trainer.start_params, []
+    pending_state, pending_round = None, None
+    if meta is not None and "round" in meta:
+        ctx.history, ctx.state = list(meta["history"]), dict(meta["method_state"])
+        state, _ = ckpt.restore(trainer.abstract_state(meta["with_reference"]))
+        index, first_step, resumed_from = meta["round"], meta["round_first_step"], int(meta["step"])
+        extended = None
+        if meta["round_step"] >= meta["round_steps"] and not meta["round_spec"]["sampled"]:
+            again = method.make_round(ctx, index)  # a round re-made from fixed data: more steps asked for?
+            if again is not None and again.steps > meta["round_steps"]:
+                extended = again
+        if extended is not None:
+            log.info("round %d: extending from %d to %d steps", index + 1, meta["round_steps"], extended.steps)
+            ctx.history = ctx.history[:index]
+            opt_state = extend_schedule(state.opt_state, extended.steps)
+            pending_state, pending_round = state.replace(opt_state=opt_state), extended
+        elif meta["round_step"] >= meta["round_steps"]:  # the round had finished
+            ctx.params = state.params
+            if len(ctx.history) == index:  # killed before its record was written
+                ctx.history.append(_record(method, ctx, index, meta["round_spec"], meta["last_metrics"]))
+            index, first_step = index + 1, first_step + meta["round_steps"]
+        else:
+            pending_state = state
+            spec = meta["round_spec"]
+            if spec["sampled"]:
+                path = trainer.round_data_path(index)
+                if path is None or not os.path.exists(path):
+                    raise FileNotFoundError(f"round {index + 1} was interrupted but its data file {path} is missing")
+                pending_round = _round_from_spec(spec, TrainingSet.load(path))
+        log.info("resuming at round %d, global step %d", index + 1, resumed_from)
+    all_stats = []
+    while True:
+        rnd = pending_round or method.make_round(ctx, index)
+        if rnd is None:
+            break
+        plan = trainer.plan(rnd)
+        spec = _round_spec(rnd)
+
+        def meta_fn(done, stats, index=index, first=first_step, rnd=rnd, plan=plan, spec=spec):
+            return {"round": index, "round_first_step": first, "round_steps": rnd.steps, "round_step": done,
+                    "with_reference": plan["with_reference"], "round_spec": spec, "history": ctx.history,
+                    "method_state": ctx.state, "last_metrics": stats.last_metrics}
+
+        result = trainer.train(rnd, ctx.params, first_step=first_step, state=pending_state, meta=meta_fn,
+                               save_data_to=trainer.round_data_path(index) if rnd.sampled else None)
+        pending_state = pending_round = None
+        ctx.params = result.params
+        all_stats.append(result.stats)
+        ctx.history.append(_record(method, ctx, index, spec, result.stats.last_metrics))
+        index, first_step = index + 1, first_step + rnd.steps
+    return JobResult(ctx.params, ctx.history, all_stats, resumed_from)
+
+
+def _record(method, ctx, index: int, spec: dict, last_metrics: dict) -> dict:
+    """A round's history entry: its info, its last logged loss and, if the method asks, a quick eval."""
+    record = {"round": index + 1, "name": spec["name"], "steps": spec["steps"], **spec["info"]}
+    if last_metrics:
+        record["final_loss"] = last_metrics.get("loss")
+    if getattr(method, "evaluate_rounds", False):
+        eval_index = spec["eval_index"]
+        record.update(ctx.quick_eval(ctx.params, index if eval_index is None else eval_index))
+    return record
+
+
+def round_end_params(trainer: Trainer, index: int, checkpointer: Checkpointer | None = None):
+    """The policy params at the end of round ``index`` (0-based), from the checkpoint saved when
+    that round finished (``checkpointer``, default the trainer's; it must still keep that step)."""
+    ckpt = checkpointer or trainer.checkpointer
+    for step in sorted(ckpt.all_steps()):
+        meta = ckpt.read_meta(step)
+        if meta.get("round") == index and meta.get("round_step") == meta.get("round_steps"):
+            state, _ = ckpt.restore(trainer.abstract_state(meta["with_reference"]), step)
+            return state.params
+    raise FileNotFoundError(f"no checkpoint of the end of round {index + 1} in {ckpt.directory}")
