@@ -100,8 +100,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # (jaxpref.data.batches.pack_shared_prompt); same log-probs, fewer tokens through the model.
     c.share_prompt = True
 
+    # Clipped AdamW (or rmsprop / sgd), linear warmup, cosine decay to final_lr_fraction * learning_rate.
     c.optimizer = ml_collections.ConfigDict(
-        dict(name="adamw", learning_rate=3e-4, warmup_steps=20, weight_decay=0.0, max_grad_norm=1.0)
+        dict(name="adamw", learning_rate=3e-4, warmup_steps=20, weight_decay=0.0, max_grad_norm=1.0,
+             final_lr_fraction=0.1)
     )
     c.batch_size = 32
     c.num_steps = 300
@@ -177,7 +179,7 @@ CHECKS: dict[str, Check] = {
     "share_prompt": FLAG,
     "optimizer.learning_rate": Check(float, low=0, low_open=True, high=FLOAT32_MAX),
     "optimizer.warmup_steps": NON_NEGATIVE_INT, "optimizer.weight_decay": NON_NEGATIVE,
-    "optimizer.max_grad_norm": POSITIVE,
+    "optimizer.max_grad_norm": POSITIVE, "optimizer.final_lr_fraction": Check(float, low=0, high=1),
     "batch_size": POSITIVE_INT, "num_steps": POSITIVE_INT,
     "on_nonfinite": Check(str, choices=("skip", "stop")),
     "log_every": POSITIVE_INT, "checkpoint_every": POSITIVE_INT, "keep_checkpoints": POSITIVE_INT,

@@ -328,3 +328,41 @@ def test_packed_shapes_agree_across_processes():
     length, width = packed_sizes(pairs[:4])
     with pytest.raises(ValueError, match="does not fit"):
         pack_shared_prompt(batch, sizes=(length, 1))
+
+
+@pytest.mark.parametrize("total,warmup,end", [(300, 20, 0.1), (600, 20, 0.0), (5, 20, 0.1), (1, 0, 0.1), (40, 0, 0.5)])
+def test_warmup_cosine_schedule_matches_optax(total, warmup, end):
+    """The schedule read from the optimizer state equals optax's warmup_cosine_decay_schedule."""
+    from jaxpref.train.optim import warmup_cosine_lr
+
+    w = min(warmup, max(total - 1, 0))
+    want = optax.warmup_cosine_decay_schedule(0.0, 3e-4, w, max(total, w + 1), end_value=end * 3e-4)
+    counts = np.arange(0, total + 3)
+    got = jax.jit(lambda c: warmup_cosine_lr(c, total, peak=3e-4, warmup_steps=warmup, end_fraction=end))(counts)
+    np.testing.assert_allclose(got, [float(want(c)) for c in counts], rtol=1e-5, atol=1e-12)
+
+
+def test_one_compiled_step_serves_rounds_of_any_length():
+    """The schedule's length is optimizer state: rounds of 3 and 7 steps run one executable, and
+    each follows its own schedule (AdamW updates scale with the learning rate)."""
+    import ml_collections
+
+    from jaxpref.train.optim import extend_schedule, make_optimizer, start_schedule
+
+    ocfg = ml_collections.ConfigDict(dict(name="sgd", learning_rate=1.0, warmup_steps=0, weight_decay=0.0,
+                                          max_grad_norm=float("inf"), final_lr_fraction=0.0))
+    tx = make_optimizer(ocfg)
+    params = {"w": jnp.ones(2)}
+    update = jax.jit(lambda s: tx.update({"w": jnp.ones(2)}, s, params))
+    for total in (3, 7):
+        state = start_schedule(tx.init(params), total)
+        lrs = []
+        for _ in range(total):
+            updates, state = update(state)
+            lrs.append(-float(updates["w"][0]))
+        want = optax.cosine_decay_schedule(1.0, total)
+        np.testing.assert_allclose(lrs, [float(want(c)) for c in range(total)], rtol=1e-6, atol=1e-7)
+    assert update._cache_size() == 1
+    longer = extend_schedule(state, 14)  # count 7 kept, length 14: halfway down the longer cosine
+    updates, _ = update(longer)
+    np.testing.assert_allclose(-float(updates["w"][0]), float(optax.cosine_decay_schedule(1.0, 14)(7)), rtol=1e-6)

@@ -36,6 +36,7 @@ from jaxpref.data.batches import (
 )
 
 Example = PairExample | UnpairedExample
+ORDERS = ("epochs", "replacement")
 Batch = PairedBatch | UnpairedBatch
 
 
@@ -53,6 +54,9 @@ class BatchStream:
       kl: unpaired examples also get KTO's mismatched KL rows (``collate_unpaired``).
       fixed_packed_sizes: ``(Tp, N)`` for every batch's shared-prompt packing instead of each
         batch's own (``packed_sizes``), so that every step has one shape.
+      order: ``"epochs"`` (the module docstring) or ``"replacement"``: every global batch is
+        ``B`` indices drawn uniformly with replacement, the draws of
+        ``numpy.random.default_rng([seed, 7])`` in step order (still a pure function of the step).
 
     ``batch_at(step)`` arrays are ``[B / process_count, T]`` (``desirable``: ``[B / P]``).
     """
@@ -69,6 +73,7 @@ class BatchStream:
         process_count: int = 1,
         kl: bool = True,
         fixed_packed_sizes: tuple[int, int] | None = None,
+        order: str = "epochs",
     ):
         if batch_size < 1 or len(examples) < batch_size:
             raise ValueError(
@@ -81,6 +86,8 @@ class BatchStream:
                 f"need 0 <= process_index < process_count dividing batch_size, got "
                 f"{process_index=} {process_count=} {batch_size=}"
             )
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         kind = type(examples[0])
         if kind not in (PairExample, UnpairedExample) or not all(type(e) is kind for e in examples):
             raise TypeError("examples must be all PairExample or all UnpairedExample")
@@ -94,6 +101,8 @@ class BatchStream:
         self.process_count = process_count
         self.kl = kl
         self.fixed_packed_sizes = fixed_packed_sizes
+        self.order = order
+        self._draws: np.ndarray = np.zeros((0, batch_size), np.int64)
         if kind is PairExample:
             self._collate, self._length = collate_pairs, pairs_length
         else:
@@ -132,6 +141,12 @@ class BatchStream:
         """``[B]`` example indices of the global batch of ``step``."""
         if step < 0:
             raise ValueError(f"step must be non-negative, got {step}")
+        if self.order == "replacement":
+            if step >= len(self._draws):  # the same stream, drawn further: earlier steps unchanged
+                total = max(step + 1, 2 * len(self._draws))
+                rng = np.random.default_rng([self.seed, 7])
+                self._draws = np.stack([rng.integers(0, len(self.examples), self.batch_size) for _ in range(total)])
+            return self._draws[step]
         epoch, position = divmod(step, self.steps_per_epoch)
         return self.epoch_order(epoch)[
             position * self.batch_size : (position + 1) * self.batch_size

@@ -66,6 +66,8 @@ class HostJudge:
             lambda lo, hi: self.inner.prob(prompts[lo:hi], responses_1[lo:hi], responses_2[lo:hi]), len(prompts))
 
     def __getattr__(self, name):  # e.g. IntransitiveJudge.styles
+        if name == "inner":  # not set yet (an instance made without __init__, e.g. by copy)
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 

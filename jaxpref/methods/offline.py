@@ -152,7 +152,16 @@ def make_round(ctx, index: int) -> Round | None:
     # The sentiment task's pairs are samples of the starting policy: kept with the checkpoints.
     sampled = ctx.policy.task is not None and not cfg.data.source and not is_echo(ctx)
     return Round(cfg.method, data["train"], cfg.loss, cfg.num_steps, seed=cfg.seed, init="sft",
-                 reference=reference_rule(cfg), sampled=sampled)
+                 reference=reference_rule(cfg), sampled=sampled, shapes=builtin_shapes(ctx))
+
+
+def builtin_shapes(ctx) -> tuple[int, int] | None:
+    """One batch shape for the echo task's pairs (its prompt and response lengths are bounded):
+    one compiled step instead of one per bucket; None (bucketed batches) for any other data."""
+    if ctx.cfg.data.source or not is_echo(ctx):
+        return None
+    task = ctx.policy.task
+    return task.max_prompt_tokens, task.max_response_tokens
 
 
 def is_echo(ctx) -> bool:

@@ -61,7 +61,8 @@ def make_round(ctx, rnd: int) -> Round | None:
     if rnd == 0:
         pairs = offline.builtin_pairs(ctx)
         return Round(name, TrainingSet(pairs), first_round_loss(cfg), cfg.num_steps, seed=cfg.seed,
-                     reference=reference, sampled=not offline.is_echo(ctx), info={"distinct_samples": None})
+                     reference=reference, sampled=not offline.is_echo(ctx), shapes=offline.builtin_shapes(ctx),
+                     info={"distinct_samples": None})
     prompts = ctx.train_prompts(cfg.num_prompts, round_index=rnd)
     responses, _ = ctx.sample(ctx.params, prompts, scfg.num_samples, cfg.seed * 100 + rnd)
     best, worst, keep = pick_best_worst(ctx.rewards(prompts, responses))

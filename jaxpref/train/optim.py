@@ -2,7 +2,7 @@
 length is part of the optimizer *state*, not of the compiled step.
 
 The learning rate at update ``t`` of a run of ``T`` updates is optax's
-``warmup_cosine_decay_schedule(0, lr, w, max(T, w + 1), end_value=0.1 * lr)`` with
+``warmup_cosine_decay_schedule(0, lr, w, max(T, w + 1), end_value=f * lr)`` (``f`` = 0.1 by default) with
 ``w = min(warmup_steps, T - 1)``, evaluated with ``T`` read from the state
 (``ScheduleState.total``). So one compiled train step serves rounds of any length (online rounds,
 active-DPO re-trainings of growing label sets): ``start_schedule(opt_state, T)`` sets it.
@@ -64,7 +64,9 @@ def make_optimizer(ocfg) -> optax.GradientTransformation:
     """Clipped AdamW / RMSprop / SGD with the warmup-cosine schedule of the module docstring.
 
     ``ocfg``: ``name`` (adamw | rmsprop | sgd), ``learning_rate``, ``warmup_steps``,
-    ``weight_decay`` (AdamW), ``max_grad_norm``. Set the run length with ``start_schedule``.
+    ``weight_decay`` (AdamW), ``max_grad_norm`` (``inf``: no clipping) and optionally
+    ``final_lr_fraction`` (the cosine's end value over the peak, default 0.1). Set the run length
+    with ``start_schedule``.
     """
     if ocfg.name == "adamw":
         direction = optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(ocfg.weight_decay))
@@ -74,8 +76,10 @@ def make_optimizer(ocfg) -> optax.GradientTransformation:
         direction = optax.identity()
     else:
         raise ValueError(f"config.optimizer.name: unknown optimizer {ocfg.name!r}; known: {', '.join(OPTIMIZERS)}")
-    return optax.chain(optax.clip_by_global_norm(ocfg.max_grad_norm), direction,
-                       scale_by_warmup_cosine(ocfg.learning_rate, ocfg.warmup_steps))
+    schedule = scale_by_warmup_cosine(ocfg.learning_rate, ocfg.warmup_steps, ocfg.get("final_lr_fraction", 0.1))
+    if ocfg.max_grad_norm == float("inf"):
+        return optax.chain(direction, schedule)
+    return optax.chain(optax.clip_by_global_norm(ocfg.max_grad_norm), direction, schedule)
 
 
 def start_schedule(opt_state, total_steps: int):

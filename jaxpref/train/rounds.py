@@ -22,7 +22,6 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 
 from jaxpref.data.batches import packed_length
 from jaxpref.data.stream import BatchStream
@@ -34,8 +33,8 @@ from jaxpref.runtime.checkpointing import Checkpointer
 from jaxpref.runtime.compiler_options import train_compiler_options
 from jaxpref.runtime.host_memory import CompileAhead
 from jaxpref.train.loop import LoopStats, run_steps
-from jaxpref.train.optim import extend_schedule, make_optimizer, start_schedule
-from jaxpref.train.state import TrainState, create_train_state, train_state_shardings
+from jaxpref.train.optim import extend_schedule, make_optimizer
+from jaxpref.train.state import TrainState, create_train_state, state_factory, train_state_shardings
 from jaxpref.train.step import batch_groups, make_train_step
 
 log = logging.getLogger("jaxpref")
@@ -86,6 +85,8 @@ class Round:
       info: JSON-able facts about the round for its history record.
       eval_index: which evaluation draw the round's quick evaluation uses (default: the round's
         index); rounds meant to be compared on the same held-out samples share it.
+      order: how batches are drawn (``data.stream.BatchStream``): shuffled ``"epochs"`` or
+        ``"replacement"``.
     """
 
     name: str
@@ -99,6 +100,7 @@ class Round:
     shapes: tuple[int, int] | None = None
     info: dict = dataclasses.field(default_factory=dict)
     eval_index: int | None = None
+    order: str = "epochs"
 
 
 @dataclasses.dataclass
@@ -138,21 +140,14 @@ class Trainer:
     # --- compiled pieces, built once per job -----------------------------------------------
 
     def layout(self, with_reference: bool) -> tuple[TrainState, Any]:
-        """``(state shardings, jitted create(params, ref, rng, step, total))`` for a state with or
-        without a reference."""
+        """``(state shardings, train.state.state_factory)`` for a state with or without a reference."""
         if with_reference not in self._layouts:
-            tx = self.tx
-
-            def create(params, ref, rng, step, total):
-                state = create_train_state(jax.tree.map(lambda x: x.copy(), params), tx, rng=rng,
-                                           ref_params=None if ref is None else jax.tree.map(lambda x: x.copy(), ref))
-                return state.replace(step=step, opt_state=start_schedule(state.opt_state, total))
-
             abstract = jax.eval_shape(
-                lambda p: create_train_state(p, tx, rng=jax.random.PRNGKey(0), with_reference=with_reference),
+                lambda p: create_train_state(p, self.tx, rng=jax.random.PRNGKey(0), with_reference=with_reference),
                 self.start_params)
-            shardings = train_state_shardings(abstract, tx, self.mesh, self.rules)
-            self._layouts[with_reference] = (shardings, jax.jit(create, out_shardings=shardings))
+            shardings = train_state_shardings(abstract, self.tx, self.mesh, self.rules)
+            self._layouts[with_reference] = (shardings, state_factory(self.tx, shardings,
+                                                                      with_reference=with_reference))
         return self._layouts[with_reference]
 
     def step_fn(self, objective_name: str, with_reference: bool, every: int, alpha: float) -> CompileAhead:
@@ -169,14 +164,8 @@ class Trainer:
 
     def new_state(self, params, ref_params, *, with_reference: bool, step: int, total: int, seed: int) -> TrainState:
         """A fresh sharded state at global ``step`` whose schedule runs ``total`` updates."""
-        shardings, create = self.layout(with_reference)
-        rep = shardings.step
-
-        def put(tree):
-            return None if tree is None else jax.device_put(tree, shardings.params)
-
-        return create(put(params), put(ref_params), jax.device_put(jax.random.PRNGKey(seed), rep),
-                      jax.device_put(np.int32(step), rep), jax.device_put(np.int32(total), rep))
+        _, create = self.layout(with_reference)
+        return create(params, ref_params, jax.random.PRNGKey(seed), step, total)
 
     def abstract_state(self, with_reference: bool) -> TrainState:
         """The sharded ``ShapeDtypeStruct``s of a state (a restore template)."""
@@ -227,7 +216,7 @@ class Trainer:
                                    seed=self.cfg.seed + first_step)
         stream = BatchStream(data.examples, batch_size=self.cfg.batch_size, pad_id=self.pad_id, buckets=buckets,
                              seed=rnd.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-                             kl="kl" in names, fixed_packed_sizes=packed)
+                             kl="kl" in names, fixed_packed_sizes=packed, order=rnd.order)
         wanted = set(objective.extras) | ({f"ref_{n}" for n in names} if plan["precompute"] else set())
         extras = {k: v for k, v in data.extras.items() if k in wanted}
 
@@ -284,7 +273,7 @@ class JobResult:
         return sum(s.skipped_steps for s in self.stats)
 
 
-_ROUND_FIELDS = ("name", "objective", "steps", "seed", "init", "sampled", "shapes", "info", "eval_index")
+_ROUND_FIELDS = ("name", "objective", "steps", "seed", "init", "sampled", "shapes", "info", "eval_index", "order")
 
 
 def _round_spec(rnd: Round) -> dict:

@@ -21,10 +21,12 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
 from jaxpref.runtime.sharding import Rules, param_shardings, replicated
+from jaxpref.train.optim import start_schedule
 
 PyTree = Any
 
@@ -100,26 +102,30 @@ def train_state_shardings(abstract_state: TrainState, tx: optax.GradientTransfor
 
 
 def state_factory(tx: optax.GradientTransformation, shardings: TrainState, *, with_reference: bool = False):
-    """A jitted ``create(params, ref_params, rng) -> TrainState`` laid out as ``shardings``.
+    """A jitted ``create(params, ref_params, rng, step=0, total=1) -> TrainState`` laid out as
+    ``shardings``: a fresh state at global ``step`` whose optimizer schedule
+    (``train.optim.start_schedule``) runs ``total`` updates.
 
     Build it once and reuse it (one compilation per layout). ``ref_params=None`` with
     ``with_reference`` makes the reference a copy of ``params``. Inputs may be host arrays or
     arrays on any devices; the state holds copies, so they stay valid when the state is later
     donated, and the optimizer state is created directly in its sharded layout.
     """
-
-    def create(p, r, key):
+    def create(p, r, key, step, total):
         ref = None if r is None else jax.tree.map(jnp.copy, r)
-        return create_train_state(jax.tree.map(jnp.copy, p), tx, rng=key, with_reference=with_reference,
-                                  ref_params=ref)
+        state = create_train_state(jax.tree.map(jnp.copy, p), tx, rng=key, with_reference=with_reference,
+                                   ref_params=ref)
+        return state.replace(step=step, opt_state=start_schedule(state.opt_state, total))
 
     jitted = jax.jit(create, out_shardings=shardings)
+    rep = shardings.step
 
-    def factory(params, ref_params, rng):
+    def factory(params, ref_params, rng, step: int = 0, total: int = 1):
         params = jax.device_put(params, shardings.params)
         if ref_params is not None:
             ref_params = jax.device_put(ref_params, shardings.params)
-        return jitted(params, ref_params, jax.device_put(rng, shardings.rng))
+        return jitted(params, ref_params, jax.device_put(rng, shardings.rng), jax.device_put(np.int32(step), rep),
+                      jax.device_put(np.int32(total), rep))
 
     return factory
 
