@@ -40,4 +40,5 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     license="Apache-2.0",
+    entry_points={"console_scripts": ["jaxpref=jaxpref.cli:main"]},
 )

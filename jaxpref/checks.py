@@ -46,18 +46,19 @@ class Check:
         high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
         if low_ok and high_ok:
             return None
-        return f"must be {self.describe()}, got {value}"
+        return f"must be {self.describe()}, got {value:g}"
 
     def describe(self) -> str:
         """The range in words: ``> 0``, ``in [0, 0.5)``, ``one of 'a', 'b'``."""
         if self.choices is not None:
             return "one of " + ", ".join(map(repr, self.choices))
-        if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low}"
-        if self.high is not None:
-            return f"{'<' if self.high_open else '<='} {self.high}"
+        low, high = (None if b is None else f"{b:g}" for b in (self.low, self.high))
+        if low is not None and high is not None:
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if low is not None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        if high is not None:
+            return f"{'<' if self.high_open else '<='} {high}"
         return {int: "an integer", float: "a number", bool: "True or False", str: "a string"}.get(self.kind, "")
 
 

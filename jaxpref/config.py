@@ -19,6 +19,7 @@ import ml_collections
 
 from jaxpref.checks import FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, PROBABILITY, Check
 from jaxpref.objectives import HYPERPARAMETERS, OBJECTIVES
+from jaxpref.train.optim import OPTIMIZERS
 
 
 class ConfigError(ValueError):
@@ -83,6 +84,9 @@ def get_base_config() -> ml_collections.ConfigDict:
             max_length=32,
             max_prompt_length=16,
             on_bad_row="drop",
+            eval_source="",  # held-out data (same formats); "" -> the source's eval_split, else eval_fraction of it
+            eval_split="test",
+            eval_fraction=0.05,
         )
     )
 
@@ -107,11 +111,23 @@ def get_base_config() -> ml_collections.ConfigDict:
     )
     c.batch_size = 32
     c.num_steps = 300
+    # > 0: train this many passes over your own data (data.source) instead of num_steps.
+    c.num_epochs = 0.0
+    # Micro-batches per step, accumulated inside the jitted step (same gradient, less memory).
+    c.grad_accum_steps = 1
 
-    c.on_nonfinite = "skip"  # skip: drop the update and count it; stop: fail at the next log point
+    # A step whose loss, gradient or update is non-finite is never applied. skip: count it, and stop
+    # the job after max_consecutive_skips of them in a row; stop: stop the job at the first one.
+    c.on_nonfinite = "skip"
+    c.max_consecutive_skips = 20
     c.log_every = 25
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
+    # False: checkpoints hold params only (a final export; such a run cannot be resumed).
+    c.save_optimizer_state = True
+    # Resuming with a config that differs from the checkpoint's is refused; True starts over instead,
+    # deleting the workdir's checkpoints and metrics.
+    c.overwrite = False
 
     c.eval = ml_collections.ConfigDict(
         dict(num_prompts=512, round_prompts=256, batch_size=256, temperature=1.0, top_k=0, top_p=1.0,
@@ -177,11 +193,15 @@ CHECKS: dict[str, Check] = {
     "data.on_bad_row": Check(str, choices=("error", "drop")),
     "ref_update_every": NON_NEGATIVE_INT, "ref_update_alpha": PROBABILITY, "precompute_ref_logps": FLAG,
     "share_prompt": FLAG,
+    "optimizer.name": Check(str, choices=OPTIMIZERS),
     "optimizer.learning_rate": Check(float, low=0, low_open=True, high=FLOAT32_MAX),
     "optimizer.warmup_steps": NON_NEGATIVE_INT, "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.max_grad_norm": POSITIVE, "optimizer.final_lr_fraction": Check(float, low=0, high=1),
-    "batch_size": POSITIVE_INT, "num_steps": POSITIVE_INT,
-    "on_nonfinite": Check(str, choices=("skip", "stop")),
+    "data.eval_source": Check(str), "data.eval_split": Check(str),
+    "data.eval_fraction": Check(float, low=0, high=0.5),
+    "batch_size": POSITIVE_INT, "num_steps": POSITIVE_INT, "num_epochs": NON_NEGATIVE,
+    "grad_accum_steps": POSITIVE_INT, "save_optimizer_state": FLAG, "overwrite": FLAG,
+    "on_nonfinite": Check(str, choices=("skip", "stop")), "max_consecutive_skips": POSITIVE_INT,
     "log_every": POSITIVE_INT, "checkpoint_every": POSITIVE_INT, "keep_checkpoints": POSITIVE_INT,
     "eval.num_prompts": POSITIVE_INT, "eval.round_prompts": POSITIVE_INT,
     **{f"eval.{k}": v for k, v in SAMPLING.items()},
@@ -189,6 +209,33 @@ CHECKS: dict[str, Check] = {
     **{f"sampling.{k}": v for k, v in SAMPLING.items()},
     "judge.kind": Check(str), "judge.path": Check(str), "export_dir": Check(str),
 }
+
+
+# Keys that may change when a run resumes: how long it trains, what it logs and exports, where it
+# runs. Any other difference from the checkpoint's config is refused (``config_changes``).
+RESUMABLE = ("num_steps", "num_epochs", "log_every", "checkpoint_every", "keep_checkpoints", "export_dir",
+             "save_optimizer_state", "overwrite", "on_nonfinite", "max_consecutive_skips", "eval", "mesh",
+             "distributed", "sft.cache_dir", "sampling.batch_size")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"optimizer": {"learning_rate": 1}}`` -> ``{"optimizer.learning_rate": 1}``."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """Keys (dotted) whose values differ between two configs' JSON dicts, except ``RESUMABLE`` ones;
+    as ``"key: old -> new"``."""
+    a, b = flatten(old), flatten(new)
+    resumable = lambda k: any(k == r or k.startswith(r + ".") for r in RESUMABLE)  # noqa: E731
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b)) if not resumable(k) and a.get(k) != b.get(k)]
 
 
 def require(ok: bool, key: str, message: str) -> None:
@@ -238,3 +285,90 @@ def validate_config(cfg, objectives: Iterable[str] = ()) -> None:
         require(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", "must divide model.num_heads")
         require((m.hidden_size // m.num_heads) % 2 == 0, "model.num_heads",
                 "hidden_size / num_heads (the head dim) must be even for RoPE")
+
+
+# --- help -----------------------------------------------------------------------------------
+
+_SAMPLING_HELP = {
+    "max_new_tokens": "longest sampled response, in tokens", "batch_size": "prompts per sampling batch",
+    "temperature": "sampling temperature (0: greedy)", "top_k": "top-k sampling (0: off)",
+    "top_p": "nucleus sampling (1: off)",
+}
+
+HELP: dict[str, str] = {
+    "job": "what runs: offline | sft | reward_model | rso | sppo | selm | active_dpo",
+    "method": "the name written to summary.json and the default workdir runs/<method>",
+    "loss": "the preference loss (a row of jaxpref.objectives.OBJECTIVES)",
+    "seed": "seed of data order, sampling and init",
+    "task": "the built-in task (used when data.source and model.path are unset)",
+    "model.name": "'tiny' (built-in model, SFT-trained on the task), 'smollm2-135m', or 'hf' (use model.path)",
+    "model.path": "a local Hugging Face folder (config.json + safetensors + tokenizer) or a .gguf file",
+    "model.dtype": "parameter/compute dtype: float32 | bfloat16",
+    "model.hidden_size": "tiny model: width", "model.intermediate_size": "tiny model: MLP width",
+    "model.num_layers": "tiny model: layers", "model.num_heads": "tiny model: attention heads",
+    "model.num_kv_heads": "tiny model: key/value heads (grouped-query attention)",
+    "model.remat": "recompute activations in the backward pass (less memory, more compute)",
+    "model.scan_unroll": "layers per scan iteration: 0 auto, -1 all, 1 rolled",
+    "sft.num_examples": "tiny model SFT: examples", "sft.steps": "tiny model SFT: steps",
+    "sft.batch_size": "tiny model SFT: batch size", "sft.learning_rate": "tiny model SFT: learning rate",
+    "sft.cache_dir": "where the SFT policy is cached (default ~/.cache/jaxpref or $JAXPREF_CACHE_DIR)",
+    "data.source": "your data: a .json/.jsonl/.parquet file, a folder of them, a save_to_disk folder, or a hub name",
+    "data.split": "the split of data.source to train on",
+    "data.num_pairs": "built-in task: preference pairs to generate",
+    "data.max_length": "longest prompt + response, in tokens (longer responses are cut)",
+    "data.max_prompt_length": "longest prompt, in tokens (longer prompts keep their end)",
+    "data.on_bad_row": "a row with a missing/empty/invalid field: drop (counted) | error (names file, row, field)",
+    "data.eval_source": "held-out data in the same format (default: data.source's eval_split, else eval_fraction)",
+    "data.eval_split": "split of data.source used as held-out data when it has one",
+    "data.eval_fraction": "share of data.source's rows held out when there is no eval split",
+    "ref_update_every": "TR-*: update the reference every this many steps (0: frozen reference)",
+    "ref_update_alpha": "TR-*: ref <- alpha * policy + (1 - alpha) * ref (1: hard copy)",
+    "precompute_ref_logps": "frozen reference: compute its log-probs once (for the rows the run uses)",
+    "share_prompt": "pairs: run each prompt once with both responses packed behind it",
+    "optimizer.name": "adamw | rmsprop | sgd",
+    "optimizer.learning_rate": "peak learning rate",
+    "optimizer.warmup_steps": "linear warmup steps",
+    "optimizer.weight_decay": "decoupled weight decay",
+    "optimizer.max_grad_norm": "clip the gradient's global norm to this",
+    "optimizer.final_lr_fraction": "cosine decay to this fraction of the peak learning rate",
+    "batch_size": "global batch (examples per optimizer step, over all devices and processes)",
+    "num_steps": "optimizer steps (offline and SFT jobs; online jobs: per round)",
+    "num_epochs": "> 0: passes over your own data instead of num_steps",
+    "grad_accum_steps": "micro-batches per step, accumulated in the jitted step (same gradient, less memory)",
+    "on_nonfinite": "a step with a non-finite loss/gradient/update is never applied: skip (count it) | stop",
+    "max_consecutive_skips": "stop the job after this many skipped steps in a row",
+    "log_every": "steps between metric lines", "checkpoint_every": "steps between checkpoints",
+    "keep_checkpoints": "checkpoints kept", "save_optimizer_state": "False: checkpoints hold params only (no resume)",
+    "overwrite": "True: delete the workdir's previous run instead of resuming it",
+    "eval.num_prompts": "held-out prompts of the final evaluation (built-in tasks)",
+    "eval.round_prompts": "held-out prompts of the quick evaluation after each online round",
+    **{f"eval.{k}": f"evaluation: {v}" for k, v in _SAMPLING_HELP.items()},
+    "num_prompts": "online methods: prompts per round",
+    **{f"sampling.{k}": f"online sampling: {v}" for k, v in _SAMPLING_HELP.items()},
+    "judge.kind": "who judges online samples: oracle (built-in task) | reward_model",
+    "judge.path": "the judge's folder (judge.kind=reward_model)",
+    "export_dir": "write the trained policy there in Hugging Face format",
+    "mesh.data": "devices on the data axis (-1: the rest)", "mesh.fsdp": "devices on the fsdp axis (-1: the rest)",
+    "mesh.tensor": "devices on the tensor axis (-1: the rest)",
+    "mesh.rules": "logical -> mesh axis rules: fsdp | tensor | fsdp_tensor, or a list of pairs",
+    "distributed.coordinator_address": "multi-process: host:port of process 0 (or $JAXPREF_COORDINATOR)",
+    "distributed.num_processes": "multi-process: number of processes (or $JAXPREF_NUM_PROCESSES)",
+    "distributed.process_id": "multi-process: this process's index (or $JAXPREF_PROCESS_ID)",
+    "distributed.auto_detect": "detect Cloud TPU / SLURM multi-host settings",
+}
+
+
+def describe_config(cfg) -> str:
+    """Every key of ``cfg`` with its value, one-line help and valid range, one per line."""
+    import json
+
+    rows = []
+    for key, value in flatten(json.loads(cfg.to_json_best_effort())).items():
+        hp = HYPERPARAMETERS.get(key)
+        check = hp.check if hp else CHECKS.get(key)
+        text = hp.help if hp else HELP.get(key) or HELP.get(key.split(".")[0], "")
+        allowed = check.describe() if check is not None and check.kind in (int, float) or (
+            check is not None and check.choices) else ""
+        rows.append((f"{key} = {value!r}", text + (f"  [{allowed}]" if allowed else "")))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{k.ljust(width)}  # {h}" if h else k for k, h in rows)

@@ -11,10 +11,14 @@ command resumes from ``<workdir>/checkpoints`` when a checkpoint exists.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import shutil
+import sys
 import time
 
 import jax
@@ -22,17 +26,20 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxpref.config import require, validate_config
+from jaxpref.assets import AssetError
+from jaxpref.config import ConfigError, config_changes, describe_config, require, validate_config
 from jaxpref.data.batches import default_buckets
+from jaxpref.data.preference import BadRowError
 from jaxpref.infer.judges import make_judge
 from jaxpref.methods import Method, get_method
 from jaxpref.methods.context import Context
 from jaxpref.objectives import OBJECTIVES
 from jaxpref.policy import resolve_policy
 from jaxpref.runtime import distributed, sharding
-from jaxpref.runtime.checkpointing import Checkpointer
+from jaxpref.runtime.checkpointing import Checkpointer, CheckpointError, sync_processes
 from jaxpref.runtime.metrics_log import MetricsLogger, read_metrics
-from jaxpref.train.loop import Preempted
+from jaxpref.runtime.workdir_lock import WorkdirLock, WorkdirLocked
+from jaxpref.train.loop import NonFiniteError, Preempted, StopSignals
 from jaxpref.train.rounds import Trainer, run_rounds
 
 log = logging.getLogger("jaxpref")
@@ -50,6 +57,10 @@ def check_batch_sizes(cfg, mesh) -> None:
         require(value % split == 0, key, f"{value} is not divisible by mesh data*fsdp = {split}")
         require(value % jax.process_count() == 0, key,
                 f"{value} is not divisible by the number of processes ({jax.process_count()})")
+    accum = cfg.get("grad_accum_steps", 1)
+    require(cfg.batch_size % (accum * split) == 0, "grad_accum_steps",
+            f"batch_size {cfg.batch_size} must split into {accum} micro-batches whose size is divisible by "
+            f"mesh data*fsdp = {split}")
 
 
 @dataclasses.dataclass
@@ -73,9 +84,13 @@ def setup(cfg, workdir: str) -> Job:
     validate_config(cfg, method.objectives(cfg))
     method.validate(cfg)
     os.makedirs(workdir, exist_ok=True)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
+    check_resume(cfg, workdir, ckpt)
     if distributed.is_main_process():
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        tmp = os.path.join(workdir, "config.json.tmp")
+        with open(tmp, "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
+        os.replace(tmp, os.path.join(workdir, "config.json"))
 
     # --- Mesh -------------------------------------------------------------------------------
     mesh = sharding.make_mesh(cfg.mesh)
@@ -92,7 +107,6 @@ def setup(cfg, workdir: str) -> Job:
     max_length = policy.task.max_length if policy.task is not None else cfg.data.max_length
     buckets = tuple(default_buckets(max_length))
     logger = MetricsLogger(workdir)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
     trainer = Trainer(model=model, start_params=params, cfg=cfg, mesh=mesh, rules=rules, pad_id=policy.pad_id,
                       buckets=buckets, logger=logger, checkpointer=ckpt, round_dir=os.path.join(workdir, "rounds"))
     sft_params = trainer.start_params if model is policy.model else jax.device_put(
@@ -101,8 +115,58 @@ def setup(cfg, workdir: str) -> Job:
     return Job(cfg, workdir, method, ctx, trainer, logger, ckpt)
 
 
+# What a job writes into its workdir; ``overwrite=True`` deletes these before starting over.
+RUN_OUTPUTS = ("checkpoints", "checkpoints.damaged", "rounds", "metrics.jsonl", "tensorboard", "summary.json",
+               "training_curves.png")
+
+
+def check_resume(cfg, workdir: str, ckpt: Checkpointer) -> None:
+    """Refuses to resume from checkpoints written with a different config (``config.RESUMABLE``
+    keys may differ); with ``cfg.overwrite`` deletes the previous run's outputs instead."""
+    steps = ckpt.all_steps()
+    if not steps:
+        return
+    if cfg.overwrite:
+        sync_processes("overwrite")  # every process has seen the old checkpoints
+        if distributed.is_main_process():
+            log.warning("overwrite=True: deleting the previous run in %s", workdir)
+            for name in RUN_OUTPUTS:
+                path = os.path.join(workdir, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+        sync_processes("overwritten")
+        ckpt.reload()
+        return
+    old = None
+    for step in reversed(steps):
+        try:
+            old = (ckpt.read_meta(step) or {}).get("config")
+        except Exception:  # noqa: BLE001 - a damaged step: restore_latest reports and sets it aside
+            continue
+        if old is not None:
+            break
+    if old is None:
+        return
+    changes = config_changes(old, json.loads(cfg.to_json_best_effort()))
+    if changes:
+        shown = "; ".join(changes[:8]) + (f"; ... ({len(changes)} keys)" if len(changes) > 8 else "")
+        raise ConfigError(
+            f"config: {workdir} holds checkpoints of a run with another config ({shown}); resume with the same "
+            f"config, use another --workdir, or pass --config.overwrite=True to delete that run and start over")
+
+
 def run(cfg, workdir: str) -> dict:
-    """Trains, evaluates and writes ``summary.json``; returns the summary."""
+    """Trains, evaluates and writes ``summary.json``; returns the summary. Process 0 holds the
+    workdir's lock (``runtime.workdir_lock``) for the whole job."""
+    distributed.initialize(cfg)
+    lock = WorkdirLock(workdir) if distributed.is_main_process() else None
+    with StopSignals(on_exit=lock.release if lock else None), lock or contextlib.nullcontext():
+        return _run(cfg, workdir)
+
+
+def _run(cfg, workdir: str) -> dict:
     t_start = time.perf_counter()
     job = setup(cfg, workdir)
     method, ctx, policy = job.method, job.ctx, job.ctx.policy
@@ -127,8 +191,10 @@ def run(cfg, workdir: str) -> dict:
     summary["wall_seconds"] = time.perf_counter() - t_start
     export_params = sharding.to_host(result.params) if cfg.export_dir else None  # a collective: every process
     if distributed.is_main_process():
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
+        tmp = os.path.join(workdir, "summary.json.tmp")
+        with open(tmp, "w") as f:
             json.dump(summary, f, indent=2)
+        os.replace(tmp, os.path.join(workdir, "summary.json"))  # never a half-written summary
         plot_training_curves(workdir)
         if cfg.export_dir:
             from jaxpref.models import save_pretrained
@@ -152,9 +218,10 @@ def plot_training_curves(workdir: str) -> None:
         return
     keys = [k for k in ("loss", "reward_accuracy", "reward_margin", "kl_estimate") if k in rows[-1]]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
+    titles = {"kl_estimate": "mean log(pi / pi_ref) of the batch\n(a log-ratio, not a KL: can be < 0)"}
     for ax, k in zip(np.atleast_1d(axes), keys):
         ax.plot([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r])
-        ax.set_title(k)
+        ax.set_title(titles.get(k, k), fontsize=9)
         ax.set_xlabel("step")
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "training_curves.png"), dpi=80)
@@ -173,17 +240,70 @@ def setup_logging() -> None:
     log.propagate = False
 
 
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print every config key with its value and help, then exit.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
+
+# Errors about the user's input or environment: reported as one line (``--debug``: with traceback).
+USER_ERRORS = (ConfigError, BadRowError, CheckpointError, NonFiniteError, WorkdirLocked, AssetError,
+               FileNotFoundError, PermissionError)
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line, without ml_collections' repr quoting."""
+    text = str(err.args[0]) if len(err.args) == 1 and isinstance(err.args[0], str) else str(err)
+    for _ in range(2):  # KeyError inside AttributeError: quoted twice
+        if isinstance(err, (KeyError, AttributeError)) and len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+            try:
+                text = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                break
+    if isinstance(err, (KeyError, AttributeError)):
+        text = f"unknown config key {text}"
+    return " ".join(text.split()) or type(err).__name__
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with one-line errors (a typo'd ``--config.key``, a missing file)."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as err:  # noqa: BLE001 - flag values: absl's and ml_collections' errors alike
+        if "--debug" in argv:
+            raise
+        sys.exit(f"error: {one_line(err)}\n(every setting: --config=configs/<method>.py --print_config)")
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     setup_logging()
     cfg = _CONFIG.value
+    if cfg is None:
+        sys.exit("error: --config is required, e.g. --config=configs/dpo.py (configs/ holds one file per method)")
+    try:
+        cfg.keys()  # the config file is loaded lazily: a missing or broken file fails here
+    except Exception as err:  # noqa: BLE001
+        if _DEBUG.value:
+            raise
+        sys.exit(f"error: --config: {one_line(err)}")
+    if _PRINT_CONFIG.value:
+        print(describe_config(cfg))
+        return
     try:
         run(cfg, _WORKDIR.value or os.path.join("runs", cfg.method))
     except Preempted as stop:
         log.warning("%s", stop)
         raise SystemExit(128 + stop.signum) from None
+    except USER_ERRORS as err:
+        if _DEBUG.value:
+            raise
+        log.error("error: %s", one_line(err))
+        raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """``python -m jaxpref.main ...`` / ``jaxpref train ...``."""
+    app.run(main, argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli()

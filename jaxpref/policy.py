@@ -171,9 +171,15 @@ def load_or_train_sft(task: EchoTask, model_cfg, sft_cfg, seed: int, mesh, rules
     key = sft_cache_key(task, fields, sft_cfg, seed)
     path = os.path.join(sft_cfg.cache_dir or default_cache_dir(), key)
     if os.path.exists(os.path.join(path, "config.json")):
-        log.info("SFT policy: cached at %s", path)
-        model, params = load_pretrained(path, dtype=dtype)
-        return model, params, {"sft_cache": path, "sft_cached": True}
+        try:
+            model, params = load_pretrained(path, dtype=dtype)
+            log.info("SFT policy: cached at %s", path)
+            return model, params, {"sft_cache": path, "sft_cached": True}
+        except Exception as err:  # noqa: BLE001 - any unreadable entry is trained again
+            log.warning("SFT policy cache %s is damaged (%s); training it again", path,
+                        str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
+            if distributed.is_main_process():
+                os.replace(path, f"{path}.damaged-{int(time.time())}")
     log.info("SFT policy: training (%d steps), will cache at %s", sft_cfg.steps, path)
     t0 = time.perf_counter()
     model, params = init_model(fields, seed=seed, dtype=dtype)

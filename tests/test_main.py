@@ -65,7 +65,20 @@ def test_bad_config_values_fail_before_compiling(tmp_path, sft_cache):
                               ("optimizer.learning_rate", 1e39, "config.optimizer.learning_rate: must be in"),
                               ("delta", 2.0, "config.delta: set to 2.0, but the job's loss \\(dpo\\) does not read"),
                               ("loss", "sppo", "config.loss: the offline job cannot train with 'sppo'"),
-                              ("job", "dpo", "config.job: unknown job 'dpo'")]:
+                              ("job", "dpo", "config.job: unknown job 'dpo'"),
+                              # late or missing checks found by a review (issue [15], item 6):
+                              ("optimizer.name", "adam", "config.optimizer.name: must be one of 'adamw'"),
+                              ("beta", float("inf"), "config.beta: must be finite"),
+                              ("optimizer.learning_rate", float("inf"), "config.optimizer.learning_rate: must be"),
+                              ("eval.num_prompts", 0, "config.eval.num_prompts: must be >= 1"),
+                              ("eval.max_new_tokens", 0, "config.eval.max_new_tokens: must be >= 1"),
+                              ("model.hidden_size", 0, "config.model.hidden_size: must be >= 1"),
+                              ("sft.steps", 0, "config.sft.steps: must be >= 1"),
+                              ("optimizer.warmup_steps", -5, "config.optimizer.warmup_steps: must be >= 0"),
+                              ("optimizer.weight_decay", -1.0, "config.optimizer.weight_decay: must be >= 0"),
+                              ("eval.top_k", -3, "config.eval.top_k: must be >= 0"),
+                              ("optimizer.max_grad_norm", float("inf"), "config.optimizer.max_grad_norm: must be"),
+                              ("max_consecutive_skips", 0, "config.max_consecutive_skips: must be >= 1")]:
         cfg = toy(load_config("dpo"), sft_cache, **{key: value})
         with pytest.raises(ConfigError, match=match):
             run(cfg, str(tmp_path / "bad"))

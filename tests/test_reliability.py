@@ -4,6 +4,7 @@ checkpoint intact, bad data and configs are refused with the culprit named."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from helpers import ROOT, load_config, toy, toy_cli_flags
 
 from jaxpref.main import run
 from jaxpref.models import load_pretrained
+from jaxpref.runtime.metrics_log import read_metrics
 from jaxpref.train.loop import NonFiniteError
 
 STEPS = 24
@@ -99,18 +101,60 @@ def test_half_written_checkpoint_is_ignored(tmp_path, reference_run):
     assert summary["resumed_from_step"] == 6 and summary["steps"] == 9
 
 
-def test_nonfinite_training_stops_and_keeps_last_good_checkpoint(tmp_path, reference_run):
+def test_a_state_with_a_non_finite_value_is_never_saved(tmp_path):
+    from jaxpref.runtime.checkpointing import Checkpointer
+
+    ckpt = Checkpointer(str(tmp_path / "ck"))
+    assert ckpt.save(1, {"w": np.ones(3, np.float32)}, {"step": 1}) is True
+    assert ckpt.save(2, {"w": np.array([1.0, np.inf, 0.0], np.float32)}, {"step": 2}) is False
+    assert ckpt.all_steps() == [1] and ckpt.read_meta() == {"step": 1}  # the metadata as saved
+    ckpt.close()
+
+
+def saved_steps(workdir) -> list[int]:
+    return sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+
+
+def test_a_diverging_run_leaves_no_poisoned_checkpoint(tmp_path, reference_run):
+    """At lr 1e30 the first update is applied (params ~1e30, still finite) and every later step is
+    non-finite, so it is skipped. The job stops after max_consecutive_skips and removes the
+    checkpoints that hold those params (steps 1, 2, ...: saved before the failure showed), so the
+    same workdir then trains normally at a sane learning rate instead of resuming into the failure."""
+    from jaxpref.models import load_pretrained as load
+
     cache, _ = reference_run
-    # An absurd learning rate turns the params to inf after the first update: every later step is
-    # non-finite and skipped, so the job stops at the next log point.
-    cfg = toy(load_config("dpo"), cache, **{"optimizer.learning_rate": 1e30, "optimizer.max_grad_norm": 1e30,
-                                           "optimizer.warmup_steps": 0})
-    cfg.log_every = 2
-    cfg.checkpoint_every = 1
-    with pytest.raises(NonFiniteError, match="non-finite"):
-        run(cfg, str(tmp_path))
-    saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
-    assert saved, "the last good checkpoint must remain"
+    bad = {"optimizer.learning_rate": 1e30, "optimizer.max_grad_norm": 1e30, "optimizer.warmup_steps": 0,
+           "max_consecutive_skips": 3, "checkpoint_every": 1, "log_every": 5, "keep_checkpoints": 10}
+    with pytest.raises(NonFiniteError, match="3 steps in a row") as err:
+        run(toy(load_config("dpo"), cache, **bad), str(tmp_path))
+    assert "held the params of step 1" in str(err.value) and "no checkpoint is left" in str(err.value)
+    assert saved_steps(tmp_path) == []
+    summary = run(toy(load_config("dpo"), cache, export_dir=str(tmp_path / "export")), str(tmp_path))
+    assert summary["resumed_from_step"] == 0 and summary["steps"] == 6 and summary["skipped_steps"] == 0
+    sft = jax.tree.leaves(load(summary["sft"]["sft_cache"])[1])
+    assert all(np.isfinite(np.asarray(x)).all() for x in params_of(tmp_path / "export"))
+    assert not all(np.allclose(a, b) for a, b in zip(sft, params_of(tmp_path / "export")))  # it trained
+
+
+@pytest.mark.parametrize("log_every", [1, 5])
+def test_skip_policy_does_not_depend_on_log_every(tmp_path, log_every):
+    """Steps 2, 3 and 5 are non-finite: with max_consecutive_skips 2 the job stops at step 3 whatever
+    log_every is; with 3 it runs to the end and counts 3 skipped steps; 'stop' stops at step 2."""
+    from jaxpref.train.loop import run_steps
+
+    def step_fn(state, groups, extras):
+        bad = state + 1 in (2, 3, 5)
+        return state + 1, {"loss": np.float32(1.0), "tokens": np.int32(1), "skipped": np.int32(bad)}
+
+    def go(**kw):
+        return run_steps(step_fn, 0, lambda s: ({}, {}), start=0, stop=8, logger=None, log_every=log_every, **kw)
+
+    with pytest.raises(NonFiniteError, match="2 steps in a row \\(to step 3\\)"):
+        go(max_consecutive_skips=2)
+    state, stats = go(max_consecutive_skips=3)
+    assert state == 8 and stats.skipped_steps == 3
+    with pytest.raises(NonFiniteError, match="step 2 had a non-finite"):
+        go(on_nonfinite="stop")
 
 
 def test_malformed_dataset_line_is_named(tmp_path, reference_run):
@@ -121,3 +165,234 @@ def test_malformed_dataset_line_is_named(tmp_path, reference_run):
     cfg.data.source = str(data)
     with pytest.raises(ValueError, match=r"pairs.jsonl.*line 2"):
         run(cfg, str(tmp_path / "run"))
+
+
+# --- damaged checkpoints: integrity check and fallback ----------------------------------------
+
+
+def _largest_data_file(step_dir):
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def _flip(path, offsets):
+    data = bytearray(path.read_bytes())
+    for i in offsets:
+        data[i % len(data)] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "data file truncated": lambda d: _largest_data_file(d).write_bytes(_largest_data_file(d).read_bytes()[:100]),
+    "data file deleted": lambda d: _largest_data_file(d).unlink(),
+    "manifest.ocdbt deleted": lambda d: (d / "state" / "manifest.ocdbt").unlink(),
+    "_METADATA deleted": lambda d: (d / "state" / "_METADATA").unlink(),
+    "meta/ deleted": lambda d: shutil.rmtree(d / "meta"),
+    "state/ deleted": lambda d: shutil.rmtree(d / "state"),
+    "one bit flipped": lambda d: _flip(_largest_data_file(d), [4321]),
+    "256 bytes flipped": lambda d: _flip(_largest_data_file(d), np.random.default_rng(0).integers(0, 10**6, 256)),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tmp_path_factory, sft_cache):
+    """A finished toy DPO job with checkpoints at steps 3 and 6, and its job set-up (for templates)."""
+    from jaxpref.main import setup
+
+    base = tmp_path_factory.mktemp("checkpointed")
+    cfg = toy(load_config("dpo"), sft_cache, export_dir=str(base / "export"))
+    run(cfg, str(base / "run"))
+    job = setup(toy(load_config("dpo"), sft_cache), str(base / "setup"))
+    return base, job
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, checkpointed_run, damage, caplog):
+    from jaxpref.runtime.checkpointing import Checkpointer
+
+    base, job = checkpointed_run
+    shutil.copytree(base / "run" / "checkpoints", tmp_path / "checkpoints")
+    template = lambda meta: job.trainer.abstract_state(meta["with_reference"])  # noqa: E731
+    pristine = Checkpointer(str(base / "run" / "checkpoints"))
+    want = pristine.restore(template(pristine.read_meta(3)), 3)[0]
+    pristine.close()
+    DAMAGE[damage](tmp_path / "checkpoints" / "6")
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"))
+    with caplog.at_level("WARNING", logger="jaxpref"):
+        step, state, meta = ckpt.restore_latest(template)
+    ckpt.close()
+    assert step == 3 and meta["step"] == 3
+    chex_equal = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), state, want)
+    assert all(jax.tree.leaves(chex_equal))
+    assert any("checkpoints/6 is damaged" in r.getMessage() and "falling back to step 3" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_every_checkpoint_damaged_is_one_clear_error(tmp_path, checkpointed_run):
+    from jaxpref.runtime.checkpointing import Checkpointer, CheckpointError
+
+    base, job = checkpointed_run
+    shutil.copytree(base / "run" / "checkpoints", tmp_path / "checkpoints")
+    for step in ("3", "6"):
+        DAMAGE["meta/ deleted"](tmp_path / "checkpoints" / step)
+    (tmp_path / "checkpoints" / "9").mkdir()  # a bare step folder
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"))
+    with pytest.raises(CheckpointError, match="no usable checkpoint in .*checkpoints: step 9: .*step 6: .*step 3"):
+        ckpt.restore_latest(lambda meta: job.trainer.abstract_state(meta["with_reference"]))
+    ckpt.close()
+
+
+def test_a_job_resumes_past_a_damaged_checkpoint_to_the_same_params(tmp_path, checkpointed_run, sft_cache):
+    """A flipped bit in the last checkpoint of a finished run: re-running with more steps resumes from
+    the step before (the damage is detected, not loaded, and set aside) and ends exactly where the
+    same resume ends when that checkpoint is simply missing."""
+    base, _ = checkpointed_run
+    shutil.copytree(base / "run", tmp_path / "a")  # the same resume with step 6 lost instead of damaged
+    shutil.rmtree(tmp_path / "a" / "checkpoints" / "6")
+    run(toy(load_config("dpo"), sft_cache, num_steps=9, export_dir=str(tmp_path / "straight")), str(tmp_path / "a"))
+    shutil.copytree(base / "run", tmp_path / "b")
+    DAMAGE["one bit flipped"](tmp_path / "b" / "checkpoints" / "6")
+    summary = run(toy(load_config("dpo"), sft_cache, num_steps=9, export_dir=str(tmp_path / "resumed")),
+                  str(tmp_path / "b"))
+    assert summary["resumed_from_step"] == 3 and summary["steps"] == 9
+    for a, b in zip(params_of(tmp_path / "straight"), params_of(tmp_path / "resumed")):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+    steps = [r["step"] for r in read_metrics(str(tmp_path / "b"))]
+    assert steps == sorted(set(steps)) == [2, 4, 6, 8, 9]  # resumed metrics cut back to step 3
+    assert [p.name.split("-")[0] for p in (tmp_path / "b" / "checkpoints.damaged").iterdir()] == ["6"]
+
+
+# --- one writer per workdir ---------------------------------------------------------------------
+
+
+def test_a_second_job_on_a_busy_workdir_is_refused(tmp_path, reference_run):
+    """Two real processes on one workdir: the second stops at once, naming the holder; the first
+    finishes normally and releases the lock."""
+    cache, _ = reference_run
+    workdir = tmp_path / "run"
+    first = subprocess.Popen(job_cmd(workdir, cache, tmp_path / "export"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    lock = workdir / ".jaxpref.lock"
+    t0 = time.time()
+    while not lock.exists() and first.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.05)
+    assert lock.exists(), first.stderr.read()[-2000:]
+    assert json.loads(lock.read_text())["pid"] == first.pid
+    second = subprocess.run(job_cmd(workdir, cache, tmp_path / "export2"), cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode != 0
+    assert f"is in use by pid {first.pid} on " in second.stderr
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert not lock.exists()
+    rows = read_metrics(str(workdir))
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # one writer: no interleaved rows
+
+
+def test_a_stale_lock_is_taken_over(tmp_path, reference_run, caplog):
+    import socket
+
+    cache, _ = reference_run
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".jaxpref.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
+                                                        "started": "yesterday"}))
+    with caplog.at_level("WARNING", logger="jaxpref"):
+        summary = run(toy(load_config("dpo"), cache, num_steps=2), str(tmp_path))
+    assert summary["steps"] == 2 and not (tmp_path / ".jaxpref.lock").exists()
+    assert any(f"pid {dead.pid}" in r.getMessage() and "taking it over" in r.getMessage() for r in caplog.records)
+
+
+def test_several_processes_without_a_coordinator_are_refused(tmp_path, reference_run):
+    from jaxpref.config import ConfigError
+
+    cache, _ = reference_run
+    cfg = toy(load_config("dpo"), cache, **{"distributed.num_processes": 2})
+    with pytest.raises(ConfigError, match="config.distributed.num_processes: 2 processes need "
+                                          "config.distributed.coordinator_address"):
+        run(cfg, str(tmp_path))
+
+
+def test_a_damaged_sft_cache_is_trained_again(tmp_path, caplog):
+    cache = tmp_path / "cache"
+    first = run(toy(load_config("dpo"), cache, num_steps=2), str(tmp_path / "a"))
+    entry = first["sft"]["sft_cache"]
+    with open(os.path.join(entry, "model.safetensors"), "r+b") as f:
+        f.write(b"\xff" * 16)  # an invalid safetensors header
+    with caplog.at_level("WARNING", logger="jaxpref"):
+        again = run(toy(load_config("dpo"), cache, num_steps=2), str(tmp_path / "b"))
+    assert again["sft"]["sft_cached"] is False and again["sft"]["sft_cache"] == entry
+    assert any(entry in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
+    assert any(p.startswith(os.path.basename(entry) + ".damaged-") for p in os.listdir(os.path.dirname(entry)))
+
+
+# --- signals ------------------------------------------------------------------------------------
+
+
+SIGNALS_SCRIPT = """
+import os, signal, sys, time
+from jaxpref.train.loop import StopSignals
+with StopSignals() as s:
+    s.graceful = True  # as inside the step loop
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.3)
+    assert s.requested == signal.SIGINT
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+sys.exit(3)  # not reached: the second signal exits at once
+"""
+
+
+def test_a_first_signal_is_acknowledged_and_a_second_exits_at_once():
+    done = subprocess.run([sys.executable, "-c", SIGNALS_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 128 + signal.SIGINT, done.stderr
+    assert "signal 2: stopping after the current step" in done.stderr
+    assert "signal 2 again: exiting now; the last committed checkpoint is kept" in done.stderr
+
+
+def test_a_signal_during_the_first_compilation_stops_the_job_at_once(tmp_path, reference_run):
+    """SIGTERM early in the job (loading, the reference pass or the first step's compilation):
+    acknowledged and stopped at once; nothing was trained, so no checkpoint; the same command then
+    runs the job."""
+    cache, want = reference_run
+    workdir, export = tmp_path / "run", tmp_path / "export"
+    proc = subprocess.Popen(job_cmd(workdir, cache, export), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    log = workdir / "rounds"  # does not exist for this job; wait for the reference pass's end instead
+    t0 = time.time()
+    while proc.poll() is None and not (workdir / "config.json").exists() and time.time() - t0 < 120:
+        time.sleep(0.02)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert not log.exists()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "signal 15: stopping" in err and "run the same command again to resume" in err
+    assert not (workdir / "checkpoints").exists() or not os.listdir(workdir / "checkpoints")
+    resumed = subprocess.run(job_cmd(workdir, cache, export), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for a, b in zip(want, params_of(export)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+
+
+def test_a_signal_during_a_compilation_stops_without_waiting_for_it(tmp_path, reference_run):
+    """The first SIGTERM arrives while the step is compiling (before step 1): the job stops right
+    away with the resume message instead of finishing the compilation and a step first."""
+    cache, _ = reference_run
+    from jaxpref.runtime.host_memory import CompileAhead, CompileInterrupted
+
+    class SlowLowered:
+        def compile(self):
+            time.sleep(5)
+
+    class Jitted:
+        def lower(self, *args):
+            return SlowLowered()
+
+    step = CompileAhead(Jitted())
+    step.interrupt = lambda: time.time() - t0 > 0.3
+    t0 = time.time()
+    with pytest.raises(CompileInterrupted):
+        step(0, np.zeros(3))
+    assert time.time() - t0 < 3  # did not wait for the 5 s compilation

@@ -109,12 +109,29 @@ def load_preference_dataset(
     return _load_hub(source, split=split, streaming=streaming)
 
 
+def available_splits(source: str) -> list[str] | None:
+    """The split names of a local folder source (files named ``train.jsonl``, ``test.jsonl``, ...,
+    or a ``save_to_disk`` folder); None for a single file (one split) or a hub name."""
+    path = pathlib.Path(source).expanduser()
+    if not path.is_dir():
+        return None
+    if (path / "dataset_dict.json").is_file():
+        with open(path / "dataset_dict.json") as f:
+            return list(json.load(f).get("splits", []))
+    if (path / "state.json").is_file():
+        return None
+    return [str(s) for s in datasets.load_dataset_builder(str(path)).config.data_files]
+
+
 def _load_file(path: pathlib.Path, *, split: str, streaming: bool):
     builder = DATA_SUFFIXES.get(path.suffix.lower())
     if builder is None:
         raise ValueError(f"{path}: unsupported file type; expected one of {sorted(DATA_SUFFIXES)}")
     if builder == "json":
         check_json_file(path)
+    size = path.stat().st_size
+    if size == 0 or (builder == "json" and size < 1 << 20 and not path.read_text(encoding="utf-8").strip()):
+        return datasets.Dataset.from_list([])  # no rows: the caller names the file and says so
     return datasets.load_dataset(
         builder, data_files={split: str(path)}, split=split, streaming=streaming
     )

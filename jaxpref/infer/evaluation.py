@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxpref.data.batches import PairExample
+from jaxpref.data.batches import PairExample, UnpairedExample
 from jaxpref.data.training_set import TrainingSet
 from jaxpref.infer.sampling import sample_responses
 from jaxpref.infer.scoring import reference_logps_of, score_responses
@@ -65,6 +65,26 @@ def evaluate_against_sft(
     }
 
 
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% (``z=1.96``) Wilson score interval of a proportion ``successes / n``."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def auc_interval(auc: float, n_pos: int, n_neg: int, z: float = 1.96) -> tuple[float, float]:
+    """95% interval of an AUC from ``n_pos`` positives and ``n_neg`` negatives (Hanley & McNeil 1982)."""
+    if n_pos == 0 or n_neg == 0:
+        return 0.0, 1.0
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    half = z * np.sqrt(max(var, 0.0))
+    return float(max(0.0, auc - half)), float(min(1.0, auc + half))
+
+
 def held_out_preference_accuracy(
     model, params, ref_params, pairs: Sequence[PairExample], *, pad_id: int, buckets, batch_size: int, beta: float,
     mesh: Mesh | None = None,
@@ -80,5 +100,30 @@ def held_out_preference_accuracy(
     pol = reference_logps_of(model, params, data, names, **kw)
     ref = reference_logps_of(model, ref_params, data, names, **kw)
     m = beta * ((pol["ref_chosen"] - ref["ref_chosen"]) - (pol["ref_rejected"] - ref["ref_rejected"]))
-    return {"held_out_pairs": int(m.size), "held_out_reward_accuracy": float(np.mean(m > 0)),
+    correct = float(np.sum(m > 0))
+    return {"held_out_pairs": int(m.size), "held_out_reward_accuracy": correct / m.size,
+            "held_out_reward_accuracy_ci95": wilson_interval(correct, int(m.size)),
             "held_out_reward_margin": float(np.mean(m))}
+
+
+def held_out_kto_separation(
+    model, params, ref_params, examples: Sequence[UnpairedExample], *, pad_id: int, buckets, batch_size: int,
+    beta: float, mesh: Mesh | None = None,
+) -> dict:
+    """How well the implicit reward ``r = beta * (log pi - log pi_ref)`` separates held-out desirable
+    from undesirable completions (KTO's data has no pairs): the AUC, i.e. the probability that a
+    random desirable example outscores a random undesirable one (ties half), with its 95% interval,
+    and the mean reward of each kind."""
+    data = TrainingSet(list(examples))
+    kw = dict(pad_id=pad_id, buckets=buckets, batch_size=batch_size, mesh=mesh)
+    r = beta * (reference_logps_of(model, params, data, ("completion",), **kw)["ref_completion"]
+                - reference_logps_of(model, ref_params, data, ("completion",), **kw)["ref_completion"])
+    good = np.asarray([bool(e.desirable) for e in examples])
+    pos, neg = r[good], r[~good]
+    out = {"held_out_examples": int(r.size), "held_out_desirable": int(pos.size),
+           "held_out_undesirable": int(neg.size)}
+    if pos.size and neg.size:
+        auc = float(np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])))
+        out.update(held_out_reward_auc=auc, held_out_reward_auc_ci95=auc_interval(auc, pos.size, neg.size),
+                   held_out_desirable_reward=float(pos.mean()), held_out_undesirable_reward=float(neg.mean()))
+    return out

@@ -9,11 +9,15 @@ fields of ``summary.json``). ``METHODS`` maps ``config.job`` to them.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
 from jaxpref.config import ConfigError, require
 from jaxpref.objectives import OBJECTIVES
+
+log = logging.getLogger("jaxpref")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,17 +65,48 @@ def check_loss(cfg, *, groups: tuple[str, ...], extras: tuple[str, ...] = (), mo
         raise ConfigError(f"config.{key}: the {cfg.job} job cannot train with {loss!r}; it can use {usable}")
 
 
-def load_own_data(cfg, tokenizer, kind: str):
-    """``config.data.source`` tokenized as ``kind`` (``paired``, ``unpaired`` or ``sft``) with the
-    config's length limits and bad-row policy: ``(examples, report dict)``."""
-    import logging
+TRUNCATION_WARNING = 0.2  # warn when more than this share of prompts or responses was cut
+EPOCHS_WARNING = 4.0  # warn when a run makes more passes than this over a dataset
 
+
+def load_own_data(cfg, tokenizer, kind: str, *, source: str | None = None, split: str | None = None,
+                  key: str = "data.source"):
+    """``config.data.source`` (or ``source``) tokenized as ``kind`` (``paired``, ``unpaired`` or
+    ``sft``) with the config's length limits and bad-row policy: ``(examples, report dict)``.
+
+    A source with no usable row raises ``ConfigError`` naming ``key``; a large share of truncated
+    prompts or responses is warned about (``data.max_length`` / ``data.max_prompt_length``).
+    """
     from jaxpref.data import load_and_encode
 
-    examples, report = load_and_encode(cfg.data.source, tokenizer, kind=kind, max_length=cfg.data.max_length,
-                                       max_prompt_length=cfg.data.max_prompt_length, on_bad_row=cfg.data.on_bad_row)
-    logging.getLogger("jaxpref").info("data: %s", report.summary())
+    source = cfg.data.source if source is None else source
+    examples, report = load_and_encode(source, tokenizer, kind=kind, max_length=cfg.data.max_length,
+                                       max_prompt_length=cfg.data.max_prompt_length, on_bad_row=cfg.data.on_bad_row,
+                                       split=split or cfg.data.split)
+    log.info("data: %s", report.summary())
+    if not examples:
+        why = "it has no rows" if report.total == 0 else f"every row was dropped ({report.summary()})"
+        raise ConfigError(f"config.{key}: {source!r} gives no training examples: {why}")
+    for part, count in (("prompts", report.truncated_prompt), ("responses", report.truncated_response)):
+        if count > TRUNCATION_WARNING * report.kept:
+            log.warning("data: %d of %d %s were truncated (%.0f%%): raise config.data.max_length (%d) / "
+                        "config.data.max_prompt_length (%d) to keep more of them", count, report.kept, part,
+                        100 * count / report.kept, cfg.data.max_length, cfg.data.max_prompt_length)
     return list(examples), report.to_dict()
+
+
+def training_steps(cfg, num_examples: int) -> int:
+    """Steps of a round over ``num_examples`` own examples: ``ceil(num_epochs * N / batch_size)``
+    when ``config.num_epochs > 0``, else ``config.num_steps``; warns when that is many epochs."""
+    require(num_examples >= cfg.batch_size, "batch_size",
+            f"{cfg.batch_size} is larger than the {num_examples} training examples; lower it")
+    steps = math.ceil(cfg.num_epochs * num_examples / cfg.batch_size) if cfg.get("num_epochs", 0) > 0 \
+        else cfg.num_steps
+    epochs = steps * cfg.batch_size / num_examples
+    if epochs > EPOCHS_WARNING:
+        log.warning("training %d steps x batch %d = %.1f epochs of %d examples: set config.num_epochs "
+                    "(e.g. 1-3) instead of config.num_steps", steps, cfg.batch_size, epochs, num_examples)
+    return steps
 
 
 def _registry() -> dict[str, Method]:

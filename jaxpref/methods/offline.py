@@ -21,9 +21,9 @@ import numpy as np
 from jaxpref.config import require
 from jaxpref.data.batches import PairExample, pairs_to_unpaired
 from jaxpref.data.training_set import TrainingSet
-from jaxpref.infer.evaluation import held_out_preference_accuracy
+from jaxpref.infer.evaluation import held_out_kto_separation, held_out_preference_accuracy
 from jaxpref.infer.sampling import sample_responses
-from jaxpref.methods import Method, check_loss, load_own_data
+from jaxpref.methods import Method, check_loss, load_own_data, training_steps
 from jaxpref.objectives import PAIR, UNPAIRED, get_objective
 from jaxpref.train.rounds import Reference, Round
 
@@ -55,16 +55,38 @@ def _resolve_data(ctx) -> dict:
     cfg, policy = ctx.cfg, ctx.policy
     objective = get_objective(cfg.loss)
     if cfg.data.source:
-        examples, report = load_own_data(cfg, policy.tokenizer, "paired" if objective.paired else "unpaired")
-        n_eval = max(1, len(examples) // 20) if len(examples) >= 2 * cfg.batch_size else 0
-        held_out = examples[len(examples) - n_eval:] if n_eval and objective.paired else None
-        train = examples[: len(examples) - n_eval] if n_eval else examples
+        kind = "paired" if objective.paired else "unpaired"
+        examples, report = load_own_data(cfg, policy.tokenizer, kind)
+        train, held_out, report["held_out_from"] = held_out_split(cfg, policy.tokenizer, kind, examples)
         return {"train": TrainingSet(train), "held_out": held_out, "report": report}
     require(policy.task is not None, "data.source", "a custom model needs a dataset (local file or hub name)")
     pairs = builtin_pairs(ctx)
     examples = pairs if objective.paired else pairs_to_unpaired(pairs)
     return {"train": TrainingSet(list(examples)), "held_out": None,
             "report": {"kept": len(examples), "source": f"builtin:{cfg.task.name}"}}
+
+
+def held_out_split(cfg, tokenizer, kind: str, examples: list) -> tuple[list, list | None, str | None]:
+    """``(train, held_out, where held_out came from)`` for own data: ``data.eval_source`` if set,
+    else the source's ``data.eval_split`` split when it has one (a folder with ``train.jsonl`` and
+    ``test.jsonl``, a saved ``DatasetDict``), else the last ``data.eval_fraction`` of the rows
+    (none when that is under 2 examples)."""
+    from jaxpref.data.preference import available_splits
+
+    if cfg.data.eval_source:
+        held_out, _ = load_own_data(cfg, tokenizer, kind, source=cfg.data.eval_source, key="data.eval_source")
+        return examples, held_out, cfg.data.eval_source
+    splits = available_splits(cfg.data.source) or []
+    if cfg.data.eval_split in splits and cfg.data.eval_split != cfg.data.split:
+        held_out, _ = load_own_data(cfg, tokenizer, kind, split=cfg.data.eval_split)
+        return examples, held_out, f"{cfg.data.source} [{cfg.data.eval_split}]"
+    n_eval = int(len(examples) * cfg.data.eval_fraction)
+    if n_eval < 2 or len(examples) - n_eval < cfg.batch_size:
+        log.warning("data: no held-out evaluation (%d rows; set config.data.eval_source, add a %r split, or raise "
+                    "config.data.eval_fraction)", len(examples), cfg.data.eval_split)
+        return examples, None, None
+    return examples[: len(examples) - n_eval], examples[len(examples) - n_eval:], \
+        f"last {n_eval} rows of {cfg.data.source}"
 
 
 def builtin_pairs(ctx) -> list[PairExample]:
@@ -151,7 +173,8 @@ def make_round(ctx, index: int) -> Round | None:
     ctx.state["data_report"] = data["report"]
     # The sentiment task's pairs are samples of the starting policy: kept with the checkpoints.
     sampled = ctx.policy.task is not None and not cfg.data.source and not is_echo(ctx)
-    return Round(cfg.method, data["train"], cfg.loss, cfg.num_steps, seed=cfg.seed, init="sft",
+    steps = training_steps(cfg, len(data["train"])) if cfg.data.source else cfg.num_steps
+    return Round(cfg.method, data["train"], cfg.loss, steps, seed=cfg.seed, init="sft",
                  reference=reference_rule(cfg), sampled=sampled, shapes=builtin_shapes(ctx))
 
 
@@ -176,9 +199,13 @@ def summarize(ctx, result) -> dict:
            "data": ctx.state.get("data_report")}
     held_out = dataset(ctx)["held_out"] if cfg.data.source else None  # own data: cheap to reload
     if held_out:
-        out.update(held_out_preference_accuracy(
-            ctx.model, result.params, ctx.sft_params, held_out, pad_id=ctx.pad_id, buckets=ctx.buckets,
-            batch_size=cfg.batch_size, beta=cfg.beta, mesh=ctx.mesh))
+        kw = dict(pad_id=ctx.pad_id, buckets=ctx.buckets, batch_size=cfg.batch_size, beta=cfg.beta, mesh=ctx.mesh)
+        evaluate = held_out_preference_accuracy if get_objective(cfg.loss).paired else held_out_kto_separation
+        out.update(evaluate(ctx.model, result.params, ctx.sft_params, held_out, **kw))
+        out["held_out_from"] = dataset(ctx)["report"].get("held_out_from")
+        n = out.get("held_out_pairs", out.get("held_out_examples", 0))
+        if n < 100:
+            log.warning("held-out metrics from only %d examples: see their 95%% intervals in summary.json", n)
     return out
 
 

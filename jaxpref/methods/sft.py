@@ -15,7 +15,7 @@ import logging
 
 from jaxpref.config import require
 from jaxpref.data.training_set import TrainingSet
-from jaxpref.methods import Method, load_own_data
+from jaxpref.methods import Method, load_own_data, training_steps
 from jaxpref.train.rounds import Round
 
 log = logging.getLogger("jaxpref")
@@ -36,6 +36,7 @@ def make_round(ctx, index: int) -> Round | None:
     if cfg.data.source:
         examples, ctx.state["data_report"] = load_own_data(cfg, ctx.policy.tokenizer, "sft")
         data, shapes = TrainingSet(examples), None
+        steps = training_steps(cfg, len(data))
     else:
         from jaxpref.policy import sft_training_set
 
@@ -45,7 +46,8 @@ def make_round(ctx, index: int) -> Round | None:
         data = sft_training_set(task, cfg.seed, cfg.sft.num_examples)
         ctx.state["data_report"] = {"kept": len(data), "source": f"builtin:{cfg.task.name}"}
         shapes = (task.max_prompt_tokens, task.max_response_tokens)
-    return Round(cfg.method, data, "sft", cfg.num_steps, seed=cfg.seed, init="sft", shapes=shapes)
+        steps = cfg.num_steps
+    return Round(cfg.method, data, "sft", steps, seed=cfg.seed, init="sft", shapes=shapes)
 
 
 def summarize(ctx, result) -> dict:

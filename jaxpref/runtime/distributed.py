@@ -126,6 +126,12 @@ def initialize(cfg: Any = None, env: Mapping[str, str] | None = None) -> None:
     if cluster is not None:
         log.info("jax.distributed: auto-detecting the %s topology", cluster)
         jax.distributed.initialize()
+        return
+    requested = int(_setting(dcfg or {}, "num_processes", env, ENV_NUM_PROCESSES, 0))
+    if requested > 1:  # N mis-launched processes would each run alone, N writers on one workdir
+        raise ConfigError(f"config.distributed.num_processes: {requested} processes need "
+                          f"config.distributed.coordinator_address (or {ENV_COORDINATOR}); none is set and no "
+                          "SLURM step or Cloud TPU was detected")
 
 
 def is_main_process() -> bool:

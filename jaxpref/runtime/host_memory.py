@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import threading
 
 import jax
 import numpy as np
@@ -39,18 +40,48 @@ def release_free_heap() -> bool:
     return bool(lib.malloc_trim(0))
 
 
+class CompileInterrupted(Exception):
+    """A compilation was abandoned because ``CompileAhead.interrupt()`` became true."""
+
+
 class CompileAhead:
     """Wraps a jitted ``step(state, *batch)``: compiles each new batch shape ahead of running it,
     then trims the heap, so the compiler's freed memory is returned before the step's buffers
     are allocated (the process's peak is then state + step temporaries, not + compiler residue).
 
     Calls with a shape/dtype signature seen before reuse its executable; donation and shardings
-    are those of the jitted function.
+    are those of the jitted function. With ``interrupt`` set (a callable), each compilation runs
+    in a worker thread while this thread polls ``interrupt()`` (and so stays able to run signal
+    handlers); when it turns true, ``CompileInterrupted`` is raised and the compilation is left
+    to finish in the background.
     """
 
     def __init__(self, jitted):
         self.jitted = jitted
         self._executables: dict = {}
+        self.interrupt = None
+
+    def _compile(self, state, batch):
+        lowered = self.jitted.lower(state, *batch)
+        if self.interrupt is None:
+            return lowered.compile()
+        result: dict = {}
+
+        def work():
+            try:
+                result["compiled"] = lowered.compile()
+            except BaseException as err:  # noqa: BLE001 - re-raised in the calling thread
+                result["error"] = err
+
+        worker = threading.Thread(target=work, daemon=True, name="xla-compile")
+        worker.start()
+        while worker.is_alive():
+            worker.join(timeout=0.1)
+            if worker.is_alive() and self.interrupt():
+                raise CompileInterrupted()
+        if "error" in result:
+            raise result["error"]
+        return result["compiled"]
 
     @staticmethod
     def _signature(args) -> tuple:
@@ -61,6 +92,6 @@ class CompileAhead:
         key = self._signature(batch)
         compiled = self._executables.get(key)
         if compiled is None:
-            compiled = self._executables[key] = self.jitted.lower(state, *batch).compile()
+            compiled = self._executables[key] = self._compile(state, batch)
             release_free_heap()
         return compiled(state, *batch)

@@ -24,12 +24,30 @@ class MetricsLogger:
         self._tb = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            try:
-                from tensorboardX import SummaryWriter
+            self._tb = self._tensorboard()
 
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            except ImportError:  # TensorBoard output is optional
-                log.info("tensorboardX not installed: writing metrics.jsonl only")
+    def _tensorboard(self, purge_step: int | None = None):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:  # TensorBoard output is optional
+            log.info("tensorboardX not installed: writing metrics.jsonl only")
+            return None
+        return SummaryWriter(os.path.join(os.path.dirname(self._path), "tensorboard"), purge_step=purge_step)
+
+    def truncate(self, step: int) -> None:
+        """Drops what was logged after ``step`` (a run resumed from that step's checkpoint logs
+        those steps again): rows of ``metrics.jsonl`` with a larger step, and TensorBoard events
+        (``purge_step``)."""
+        if not self.enabled:
+            return
+        rows = [r for r in read_metrics(os.path.dirname(self._path)) if r["step"] <= step]
+        tmp = self._path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(tmp, self._path)
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = self._tensorboard(purge_step=step + 1)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -47,9 +65,15 @@ class MetricsLogger:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """All rows of ``<workdir>/metrics.jsonl``."""
+    """All rows of ``<workdir>/metrics.jsonl`` (a line cut short by a kill is skipped)."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows

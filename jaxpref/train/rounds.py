@@ -17,11 +17,14 @@ checkpoint layout (the ``TrainState`` plus JSON metadata naming the round).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from jaxpref.data.batches import packed_length
 from jaxpref.data.stream import BatchStream
@@ -29,7 +32,7 @@ from jaxpref.data.training_set import TrainingSet
 from jaxpref.infer.scoring import reference_logps_of
 from jaxpref.objectives import PAIR, get_objective, hparams_of
 from jaxpref.runtime import sharding
-from jaxpref.runtime.checkpointing import Checkpointer
+from jaxpref.runtime.checkpointing import Checkpointer, CheckpointError
 from jaxpref.runtime.compiler_options import train_compiler_options
 from jaxpref.runtime.host_memory import CompileAhead
 from jaxpref.train.loop import LoopStats, run_steps
@@ -132,6 +135,8 @@ class Trainer:
         self.pad_id, self.buckets = pad_id, tuple(buckets)
         self.logger, self.checkpointer, self.round_dir = logger, checkpointer, round_dir
         self.tx = make_optimizer(cfg.optimizer)
+        # The job's config as JSON data, recorded in every checkpoint (resume refuses a changed config).
+        self.config_record = json.loads(cfg.to_json_best_effort()) if hasattr(cfg, "to_json_best_effort") else None
         self.param_shardings = sharding.param_shardings(start_params, mesh, rules)
         self.start_params = jax.device_put(start_params, self.param_shardings)
         self._layouts: dict[bool, tuple[TrainState, Any]] = {}
@@ -157,7 +162,8 @@ class Trainer:
             objective = get_objective(objective_name)
             shardings, _ = self.layout(with_reference)
             step = make_train_step(self.model, objective, hparams_of(self.cfg, objective), self.tx,
-                                   ref_update_every=every, ref_update_alpha=alpha)
+                                   ref_update_every=every, ref_update_alpha=alpha,
+                                   grad_accum_steps=self.cfg.get("grad_accum_steps", 1))
             options = train_compiler_options(self.model.config.hidden_size)
             self._steps[key] = CompileAhead(sharding.jit_train_step(step, shardings, self.mesh, options))
         return self._steps[key]
@@ -203,10 +209,12 @@ class Trainer:
         names = objective.groups
         packed = fixed_packed_sizes(rnd.shapes) if plan["share_prompt"] and rnd.shapes else None
         buckets = (sum(rnd.shapes),) if rnd.shapes else self.buckets
-        if plan["precompute"] and not all(f"ref_{n}" in data.extras for n in names):
-            data = data.with_extras(**reference_logps_of(
-                self.model, ref_params, data, names, pad_id=self.pad_id, buckets=buckets,
-                batch_size=self.cfg.batch_size, share_prompt=plan["share_prompt"], packed=packed, mesh=self.mesh))
+        stream = BatchStream(data.examples, batch_size=self.cfg.batch_size, pad_id=self.pad_id, buckets=buckets,
+                             seed=rnd.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+                             kl="kl" in names, fixed_packed_sizes=packed, order=rnd.order)
+        if plan["precompute"]:
+            data = self._with_reference_logps(data, names, stream, rnd.steps, ref_params, buckets=buckets,
+                                              share_prompt=plan["share_prompt"], packed=packed)
         if save_data_to is not None and state is None and jax.process_index() == 0:
             os.makedirs(os.path.dirname(save_data_to), exist_ok=True)
             data.save(save_data_to)
@@ -214,9 +222,6 @@ class Trainer:
             state = self.new_state(start, ref_params if plan["with_reference"] else None,
                                    with_reference=plan["with_reference"], step=first_step, total=rnd.steps,
                                    seed=self.cfg.seed + first_step)
-        stream = BatchStream(data.examples, batch_size=self.cfg.batch_size, pad_id=self.pad_id, buckets=buckets,
-                             seed=rnd.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-                             kl="kl" in names, fixed_packed_sizes=packed, order=rnd.order)
         wanted = set(objective.extras) | ({f"ref_{n}" for n in names} if plan["precompute"] else set())
         extras = {k: v for k, v in data.extras.items() if k in wanted}
 
@@ -236,11 +241,70 @@ class Trainer:
             step_fn, state, batch_at, start=first_step + done, stop=first_step + rnd.steps, logger=self.logger,
             log_every=self.cfg.log_every, checkpointer=self.checkpointer,
             checkpoint_every=self.cfg.checkpoint_every if self.checkpointer else 0, meta=meta_fn, desc=rnd.name,
-            on_nonfinite=self.cfg.get("on_nonfinite", "skip"))
+            on_nonfinite=self.cfg.get("on_nonfinite", "skip"),
+            max_consecutive_skips=self.cfg.get("max_consecutive_skips", 20),
+            to_save=lambda s: slim_state(s, self.saved_parts(rnd, plan)))
         return RoundResult(state.params, stats, data)
+
+    def saved_parts(self, rnd: Round, plan: dict) -> dict:
+        """What a checkpoint of ``rnd`` holds: ``{"reference": bool, "optimizer": bool}``. A frozen
+        reference that is the starting policy is not saved (resume takes it from the start params);
+        the optimizer state is not saved with ``config.save_optimizer_state=False``."""
+        frozen_start = rnd.reference.start == "sft" and rnd.reference.every == 0
+        return {"reference": plan["with_reference"] and not frozen_start,
+                "optimizer": bool(self.cfg.get("save_optimizer_state", True))}
+
+    def restore_template(self, meta: dict) -> TrainState:
+        """The abstract state a checkpoint with metadata ``meta`` was saved as (``slim_state``)."""
+        abstract = self.abstract_state(meta["with_reference"])
+        return slim_state(abstract, meta.get("saved", {"reference": True, "optimizer": True}))
+
+    def complete_state(self, state: TrainState, meta: dict) -> TrainState:
+        """A restored (slim) state made whole again: the frozen reference re-attached."""
+        if meta["with_reference"] and state.ref_params is None:
+            # a copy: the train step donates its state, and the start params must outlive it
+            state = state.replace(ref_params=jax.tree.map(jnp.copy, self.start_params))
+        return state
+
+    def _with_reference_logps(self, data: TrainingSet, names, stream: BatchStream, steps: int, ref_params, *,
+                              buckets, share_prompt: bool, packed) -> TrainingSet:
+        """``data`` with ``ref_<group>`` extras for the rows the round's ``steps`` batches use: every row
+        when the round covers an epoch or more, else only those (the others NaN), so a short run
+        on a large dataset scores a few batches, not the whole set."""
+        if steps * stream.batch_size >= len(data):
+            used = np.arange(len(data))
+        else:
+            used = np.unique(np.concatenate([stream.global_indices(s) for s in range(max(steps, 1))]))
+        have = all(f"ref_{n}" in data.extras and not np.isnan(data.extras[f"ref_{n}"][used]).any()
+                   for n in names)
+        if have:
+            return data
+        subset = data if len(used) == len(data) else TrainingSet([data.examples[i] for i in used])
+        if len(used) < len(data):
+            log.info("reference log-probs for the %d of %d examples the round's %d steps use", len(used), len(data),
+                     steps)
+        logps = reference_logps_of(self.model, ref_params, subset, names, pad_id=self.pad_id, buckets=buckets,
+                                   batch_size=self.cfg.batch_size, share_prompt=share_prompt, packed=packed,
+                                   mesh=self.mesh)
+        if subset is not data:
+            full = {}
+            for k, v in logps.items():
+                full[k] = np.full(len(data), np.nan, np.float32)
+                full[k][used] = v
+            logps = full
+        return data.with_extras(**logps)
 
     def round_data_path(self, index: int) -> str | None:
         return None if self.round_dir is None else os.path.join(self.round_dir, f"round_{index}.npz")
+
+
+def slim_state(state: TrainState, saved: dict) -> TrainState:
+    """``state`` without the parts ``saved`` marks False (``Trainer.saved_parts``)."""
+    if not saved.get("reference", True):
+        state = state.replace(ref_params=None)
+    if not saved.get("optimizer", True):
+        state = state.replace(opt_state=None)
+    return state
 
 
 def fixed_packed_sizes(shapes: tuple[int, int]) -> tuple[int, int]:
@@ -302,19 +366,27 @@ def run_rounds(method, ctx, trainer: Trainer) -> JobResult:
     when it was). A round whose data depends on the current policy must be ``sampled``.
     """
     ckpt = trainer.checkpointer
-    meta = ckpt.read_meta() if ckpt is not None else None
+    restored = ckpt.restore_latest(lambda m: trainer.restore_template(_round_meta(m))) if ckpt else None
     index, first_step, resumed_from = 0, 0, 0
     ctx.params, ctx.history = trainer.start_params, []
     pending_state, pending_round = None, None
-    if meta is not None and "round" in meta:
+    if restored is not None:
+        _, state, meta = restored
+        state = trainer.complete_state(state, meta)
         ctx.history, ctx.state = list(meta["history"]), dict(meta["method_state"])
-        state, _ = ckpt.restore(trainer.abstract_state(meta["with_reference"]))
         index, first_step, resumed_from = meta["round"], meta["round_first_step"], int(meta["step"])
+        if trainer.logger is not None:
+            trainer.logger.truncate(resumed_from)  # drop what was logged after the restored step
         extended = None
         if meta["round_step"] >= meta["round_steps"] and not meta["round_spec"]["sampled"]:
             again = method.make_round(ctx, index)  # a round re-made from fixed data: more steps asked for?
             if again is not None and again.steps > meta["round_steps"]:
                 extended = again
+        continues = extended is not None or meta["round_step"] < meta["round_steps"]
+        if continues and state.opt_state is None:
+            raise CheckpointError(
+                f"checkpoint {resumed_from} holds no optimizer state (save_optimizer_state=False), so training cannot "
+                "continue from it; its params are final (export them), or use another --workdir")
         if extended is not None:
             log.info("round %d: extending from %d to %d steps", index + 1, meta["round_steps"], extended.steps)
             ctx.history = ctx.history[:index]
@@ -326,13 +398,17 @@ def run_rounds(method, ctx, trainer: Trainer) -> JobResult:
                 ctx.history.append(_record(method, ctx, index, meta["round_spec"], meta["last_metrics"]))
             index, first_step = index + 1, first_step + meta["round_steps"]
         else:
-            pending_state = state
             spec = meta["round_spec"]
             if spec["sampled"]:
                 path = trainer.round_data_path(index)
                 if path is None or not os.path.exists(path):
                     raise FileNotFoundError(f"round {index + 1} was interrupted but its data file {path} is missing")
                 pending_round = _round_from_spec(spec, TrainingSet.load(path))
+            else:
+                pending_round = method.make_round(ctx, index)
+            if pending_round.steps != meta["round_steps"]:  # resumed with another step count
+                state = state.replace(opt_state=extend_schedule(state.opt_state, pending_round.steps))
+            pending_state = state
         log.info("resuming at round %d, global step %d", index + 1, resumed_from)
     all_stats = []
     while True:
@@ -343,8 +419,10 @@ def run_rounds(method, ctx, trainer: Trainer) -> JobResult:
         spec = _round_spec(rnd)
 
         def meta_fn(done, stats, index=index, first=first_step, rnd=rnd, plan=plan, spec=spec):
-            return {"round": index, "round_first_step": first, "round_steps": rnd.steps, "round_step": done,
-                    "with_reference": plan["with_reference"], "round_spec": spec, "history": ctx.history,
+            return {"config": trainer.config_record, "round": index, "round_first_step": first,
+                    "round_steps": rnd.steps, "round_step": done,
+                    "with_reference": plan["with_reference"], "saved": trainer.saved_parts(rnd, plan),
+                    "round_spec": spec, "history": ctx.history,
                     "method_state": ctx.state, "last_metrics": stats.last_metrics}
 
         result = trainer.train(rnd, ctx.params, first_step=first_step, state=pending_state, meta=meta_fn,
@@ -355,6 +433,13 @@ def run_rounds(method, ctx, trainer: Trainer) -> JobResult:
         ctx.history.append(_record(method, ctx, index, spec, result.stats.last_metrics))
         index, first_step = index + 1, first_step + rnd.steps
     return JobResult(ctx.params, ctx.history, all_stats, resumed_from)
+
+
+def _round_meta(meta: dict) -> dict:
+    """``meta`` if it is a round checkpoint's metadata (``run_rounds``), else ``CheckpointError``."""
+    if "round" not in meta or "with_reference" not in meta:
+        raise CheckpointError("not a checkpoint of this jaxpref version (no round metadata)")
+    return meta
 
 
 def _record(method, ctx, index: int, spec: dict, last_metrics: dict) -> dict:
@@ -375,6 +460,6 @@ def round_end_params(trainer: Trainer, index: int, checkpointer: Checkpointer | 
     for step in sorted(ckpt.all_steps()):
         meta = ckpt.read_meta(step)
         if meta.get("round") == index and meta.get("round_step") == meta.get("round_steps"):
-            state, _ = ckpt.restore(trainer.abstract_state(meta["with_reference"]), step)
+            state, _ = ckpt.restore(trainer.restore_template(meta), step)
             return state.params
     raise FileNotFoundError(f"no checkpoint of the end of round {index + 1} in {ckpt.directory}")

@@ -137,12 +137,20 @@ def make_train_step(
     *,
     ref_update_every: int = 0,
     ref_update_alpha: float = 1.0,
+    grad_accum_steps: int = 1,
 ) -> Callable[[TrainState, Groups, Extras], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds ``step(state, groups, extras) -> (state, metrics)`` (wrap it in ``jax.jit``).
 
     ``hparams``: the values of ``objective.hparams`` (``objectives.hparams_of``). If ``extras``
     holds ``ref_<group>`` arrays for every group, those precomputed reference log-probs are
     used and no reference forward runs (only valid for a frozen reference).
+
+    ``grad_accum_steps = A > 1``: the batch of ``B`` rows is split into ``A`` micro-batches of
+    ``B / A`` rows (row ``i`` goes to micro-batch ``i % A``, so each stays spread over the
+    mesh's batch axes) run one after another under ``lax.scan``; the gradient is the mean of
+    their gradients, which equals the full batch's gradient for losses that average per-example
+    terms (every loss except KTO's and BCO's batch statistics, which are then per micro-batch, as
+    in TRL). Activation memory is that of one micro-batch.
     """
     names = objective.groups
     hparams = dict(hparams)
@@ -155,7 +163,8 @@ def make_train_step(
         per_example, chosen_r, rejected_r = objective.compute(LossInputs(policy, ref, lengths, extras), **hparams)
         return jnp.mean(per_example), (chosen_r, rejected_r, policy)
 
-    def step(state: TrainState, groups: Groups, extras: Extras):
+    def loss_and_grads(state: TrainState, groups: Groups, extras: Extras):
+        """One batch (or micro-batch): ``(loss, (chosen_r, rejected_r, policy, ref), grads)``."""
         ref = {}
         if objective.needs_reference:
             if all(f"ref_{n}" in extras for n in names):
@@ -165,6 +174,26 @@ def make_train_step(
         (loss, (chosen_r, rejected_r, policy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, ref, groups, extras
         )
+        return loss, (chosen_r, rejected_r, policy, ref), grads
+
+    def accumulated(state: TrainState, groups: Groups, extras: Extras):
+        """``loss_and_grads`` over ``grad_accum_steps`` micro-batches, averaged."""
+        a = grad_accum_steps
+        split = lambda x: x.reshape(x.shape[0] // a, a, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731
+        micro = jax.tree.map(split, (groups, extras))
+
+        def body(grad_sum, batch):
+            loss, aux, grads = loss_and_grads(state, *batch)
+            return jax.tree.map(jnp.add, grad_sum, grads), (loss, aux)
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grad_sum, (losses, aux) = jax.lax.scan(body, zeros, micro)
+        merge = lambda x: x.swapaxes(0, 1).reshape(-1, *x.shape[2:])  # noqa: E731  [A, B/A] -> [B], original order
+        return jnp.mean(losses), jax.tree.map(merge, aux), jax.tree.map(lambda g: g / a, grad_sum)
+
+    def step(state: TrainState, groups: Groups, extras: Extras):
+        run = loss_and_grads if grad_accum_steps == 1 else accumulated
+        loss, (chosen_r, rejected_r, policy, ref), grads = run(state, groups, extras)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.global_norm(grads)
