@@ -229,6 +229,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def as_record(cfg) -> dict:
+    """The config as JSON data (what ``config.json`` and every checkpoint record)."""
+    import json
+
+    return json.loads(cfg.to_json_best_effort())
+
+
 def config_changes(old: dict, new: dict) -> list[str]:
     """Keys (dotted) whose values differ between two configs' JSON dicts, except ``RESUMABLE`` ones;
     as ``"key: old -> new"``."""
@@ -360,10 +367,8 @@ HELP: dict[str, str] = {
 
 def describe_config(cfg) -> str:
     """Every key of ``cfg`` with its value, one-line help and valid range, one per line."""
-    import json
-
     rows = []
-    for key, value in flatten(json.loads(cfg.to_json_best_effort())).items():
+    for key, value in flatten(as_record(cfg)).items():
         hp = HYPERPARAMETERS.get(key)
         check = hp.check if hp else CHECKS.get(key)
         text = hp.help if hp else HELP.get(key) or HELP.get(key.split(".")[0], "")

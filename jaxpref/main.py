@@ -27,7 +27,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxpref.assets import AssetError
-from jaxpref.config import ConfigError, config_changes, describe_config, require, validate_config
+from jaxpref.config import ConfigError, as_record, config_changes, describe_config, require, validate_config
 from jaxpref.data.batches import default_buckets
 from jaxpref.data.preference import BadRowError
 from jaxpref.infer.judges import make_judge
@@ -87,10 +87,7 @@ def setup(cfg, workdir: str) -> Job:
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
     check_resume(cfg, workdir, ckpt)
     if distributed.is_main_process():
-        tmp = os.path.join(workdir, "config.json.tmp")
-        with open(tmp, "w") as f:
-            f.write(cfg.to_json_best_effort(indent=2))
-        os.replace(tmp, os.path.join(workdir, "config.json"))
+        write_atomic(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
 
     # --- Mesh -------------------------------------------------------------------------------
     mesh = sharding.make_mesh(cfg.mesh)
@@ -113,6 +110,14 @@ def setup(cfg, workdir: str) -> Job:
         policy.params, sharding.param_shardings(policy.params, mesh, rules))
     ctx = Context(cfg, policy, model, judge, mesh, sft_params, buckets=buckets, workdir=workdir)
     return Job(cfg, workdir, method, ctx, trainer, logger, ckpt)
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes ``path`` through a temporary file and a rename: a kill never leaves it half-written."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 # What a job writes into its workdir; ``overwrite=True`` deletes these before starting over.
@@ -149,7 +154,7 @@ def check_resume(cfg, workdir: str, ckpt: Checkpointer) -> None:
             break
     if old is None:
         return
-    changes = config_changes(old, json.loads(cfg.to_json_best_effort()))
+    changes = config_changes(old, as_record(cfg))
     if changes:
         shown = "; ".join(changes[:8]) + (f"; ... ({len(changes)} keys)" if len(changes) > 8 else "")
         raise ConfigError(
@@ -191,10 +196,7 @@ def _run(cfg, workdir: str) -> dict:
     summary["wall_seconds"] = time.perf_counter() - t_start
     export_params = sharding.to_host(result.params) if cfg.export_dir else None  # a collective: every process
     if distributed.is_main_process():
-        tmp = os.path.join(workdir, "summary.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(tmp, os.path.join(workdir, "summary.json"))  # never a half-written summary
+        write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
         plot_training_curves(workdir)
         if cfg.export_dir:
             from jaxpref.models import save_pretrained

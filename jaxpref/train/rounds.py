@@ -17,7 +17,6 @@ checkpoint layout (the ``TrainState`` plus JSON metadata naming the round).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpref.config import as_record
 from jaxpref.data.batches import packed_length
 from jaxpref.data.stream import BatchStream
 from jaxpref.data.training_set import TrainingSet
@@ -136,7 +136,7 @@ class Trainer:
         self.logger, self.checkpointer, self.round_dir = logger, checkpointer, round_dir
         self.tx = make_optimizer(cfg.optimizer)
         # The job's config as JSON data, recorded in every checkpoint (resume refuses a changed config).
-        self.config_record = json.loads(cfg.to_json_best_effort()) if hasattr(cfg, "to_json_best_effort") else None
+        self.config_record = as_record(cfg) if hasattr(cfg, "to_json_best_effort") else None
         self.param_shardings = sharding.param_shardings(start_params, mesh, rules)
         self.start_params = jax.device_put(start_params, self.param_shardings)
         self._layouts: dict[bool, tuple[TrainState, Any]] = {}
