@@ -1,6 +1,6 @@
 """Runs method configs with their defaults on the built-in task and prints the results table.
 
-    python benchmarks/method_table.py                       # every method config
+    python benchmarks/method_table.py                       # every method and loss config
     python benchmarks/method_table.py dpo tr_dpo --json out.json --workdir runs/table
 
 Each config runs as its own ``python -m jaxpref.main`` process (the SFT policy is cached after
@@ -19,6 +19,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFLINE = ["dpo", "ipo", "kto", "slic", "tr_dpo", "tr_ipo", "tr_kto"]
 ONLINE = ["rso", "sppo", "selm", "active_dpo"]
+# TRL's other DPO loss types, DPO options, combinations and the reference-free losses.
+LOSSES = ["dpo_norm", "f_dpo", "ld_dpo", "wpo", "robust_dpo", "exo", "nca", "bco", "aot", "apo", "discopop", "rpo",
+          "mpo", "cpo", "simpo", "alphapo", "orpo"]
 
 
 def run_config(name: str, workdir: str, overrides: list[str]) -> dict:
@@ -47,7 +50,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("configs", nargs="*", default=OFFLINE + ONLINE)
+    parser.add_argument("configs", nargs="*", default=OFFLINE + ONLINE + LOSSES)
     parser.add_argument("--workdir", default="runs/table")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--override", action="append", default=[], help="extra --config.x=y for every run")

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import jax
 import ml_collections
 
 from jaxpref.checks import FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, PROBABILITY, Check
-from jaxpref.objectives import HYPERPARAMETERS, OBJECTIVES
+from jaxpref.objectives import HYPERPARAMETERS, get_objective, objective_of, split_loss
 from jaxpref.train.optim import OPTIMIZERS
 
 
@@ -47,7 +48,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.job = "offline"  # jaxpref.methods: offline | sft | reward_model | rso | sppo | selm | active_dpo
     c.method = "dpo"  # the name written to summary.json
-    c.loss = "dpo"  # a row of jaxpref.objectives.OBJECTIVES
+    c.loss = "dpo"  # a row of jaxpref.objectives.OBJECTIVES (TRL names too), or "a,b,c" combined
+    c.loss_weights = ""  # for combined losses: "0.8,0.2,1.0" (empty: all 1)
     c.seed = 0
 
     c.task = task_config()
@@ -272,16 +274,22 @@ def validate_config(cfg, objectives: Iterable[str] = ()) -> None:
             continue  # a config may leave a section out (an older or custom config)
         problem = check.problem(value)
         require(problem is None, key, problem or "")
-    require(cfg.loss in OBJECTIVES, "loss", f"unknown loss {cfg.loss!r}; known: {sorted(OBJECTIVES)}")
+    try:
+        objective_of(cfg)
+    except ValueError as exc:
+        key = "loss_weights" if str(exc).startswith("config.loss_weights") else "loss"
+        raise ConfigError(f"config.{key}: {str(exc).split(': ', 1)[1]}") from None
     for name, hp in HYPERPARAMETERS.items():
         problem = hp.check.problem(cfg[name])
         require(problem is None, name, problem or "")
     objectives = tuple(objectives)
     if objectives:
-        read = {h for o in objectives for h in OBJECTIVES[o].hparams}
+        rows = [objective_of(cfg, o) for o in objectives]
+        read = {h for o in rows for h in o.hparams}
         for name, hp in HYPERPARAMETERS.items():
             require(name in read or cfg[name] == hp.default, name,
                     f"set to {cfg[name]!r}, but the job's loss ({', '.join(objectives)}) does not read it")
+        _check_loss_combination(cfg, rows)
     if cfg.ref_update_every > 0:
         require(cfg.ref_update_alpha > 0, "ref_update_alpha", "must be > 0 when ref_update_every > 0")
     require(cfg.data.max_prompt_length < cfg.data.max_length, "data.max_prompt_length",
@@ -292,6 +300,24 @@ def validate_config(cfg, objectives: Iterable[str] = ()) -> None:
         require(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", "must divide model.num_heads")
         require((m.hidden_size // m.num_heads) % 2 == 0, "model.num_heads",
                 "hidden_size / num_heads (the head dim) must be even for RoPE")
+
+
+def _check_loss_combination(cfg, rows) -> None:
+    """What a loss needs beyond its hyper-parameters' ranges, for the losses the job trains."""
+    losses = set(split_loss(cfg.loss))
+    if "exo_pair" in losses:
+        require(cfg.label_smoothing > 0, "label_smoothing",
+                "exo_pair needs label_smoothing > 0 (its target puts that mass on the rejected response; 1e-3 "
+                "is the usual value): at 0 the loss is infinite")
+    if cfg.f_divergence_type != HYPERPARAMETERS["f_divergence_type"].default:
+        plain = [p for p in losses if "f_divergence_type" not in get_objective(p).hparams]
+        require(not plain, "f_divergence_type",
+                f"set to {cfg.f_divergence_type!r}, but {', '.join(sorted(plain))} does not support it")
+    if any("kl" in o.groups for o in rows):
+        per_process = cfg.batch_size // max(jax.process_count(), 1) // max(cfg.get("grad_accum_steps", 1), 1)
+        require(per_process >= 2, "batch_size",
+                f"KTO needs at least 2 examples per process batch (its KL rows pair each example with another "
+                f"one's response); got {per_process}")
 
 
 # --- help -----------------------------------------------------------------------------------
@@ -305,7 +331,9 @@ _SAMPLING_HELP = {
 HELP: dict[str, str] = {
     "job": "what runs: offline | sft | reward_model | rso | sppo | selm | active_dpo",
     "method": "the name written to summary.json and the default workdir runs/<method>",
-    "loss": "the preference loss (a row of jaxpref.objectives.OBJECTIVES)",
+    "loss": "the preference loss: a row of jaxpref.objectives.OBJECTIVES or a TRL loss_type ('sigmoid'), or a "
+            "comma-separated combination ('sigmoid,sft')",
+    "loss_weights": "weights of a combined loss, comma-separated ('0.8,0.2,1.0'); empty: all 1",
     "seed": "seed of data order, sampling and init",
     "task": "the built-in task (used when data.source and model.path are unset)",
     "model.name": "'tiny' (built-in model, SFT-trained on the task), 'smollm2-135m', or 'hf' (use model.path)",
@@ -331,7 +359,8 @@ HELP: dict[str, str] = {
     "ref_update_every": "TR-*: update the reference every this many steps (0: frozen reference)",
     "ref_update_alpha": "TR-*: ref <- alpha * policy + (1 - alpha) * ref (1: hard copy)",
     "precompute_ref_logps": "frozen reference: compute its log-probs once (for the rows the run uses)",
-    "share_prompt": "pairs: run each prompt once with both responses packed behind it",
+    "share_prompt": "pairs: run each prompt once with both responses packed behind it (not with ld_alpha, "
+                    "use_weighting or orpo, which score unpacked rows)",
     "optimizer.name": "adamw | rmsprop | sgd",
     "optimizer.learning_rate": "peak learning rate",
     "optimizer.warmup_steps": "linear warmup steps",

@@ -33,7 +33,7 @@ from jaxpref.data.preference import BadRowError
 from jaxpref.infer.judges import make_judge
 from jaxpref.methods import Method, get_method
 from jaxpref.methods.context import Context
-from jaxpref.objectives import OBJECTIVES
+from jaxpref.objectives import objective_of
 from jaxpref.policy import resolve_policy
 from jaxpref.runtime import distributed, sharding
 from jaxpref.runtime.checkpointing import Checkpointer, CheckpointError, sync_processes
@@ -184,7 +184,8 @@ def _run(cfg, workdir: str) -> dict:
     # --- Eval and outputs -------------------------------------------------------------------
     losses = method.objectives(cfg)
     summary = {"method": cfg.method, "job": cfg.job, "loss": cfg.loss,
-               "loss_hparams": {h: cfg[h] for o in losses for h in OBJECTIVES[o].hparams},
+               "loss_weights": cfg.get("loss_weights", ""),
+               "loss_hparams": {h: cfg[h] for o in losses for h in objective_of(cfg, o).hparams},
                "judge": cfg.judge.kind if method.uses_judge else None, "sft": policy.info,
                **sharding.describe(ctx.mesh), **method.summarize(ctx, result),
                "train_tokens_per_second": result.tokens_per_second, "skipped_steps": result.skipped_steps}

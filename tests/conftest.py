@@ -19,3 +19,26 @@ def sft_cache(tmp_path_factory):
     """The SFT cache folder of every job test: the toy SFT policy is trained by the first job that
     needs it and reused by all later ones (tests/helpers.py: TOY_SFT)."""
     return tmp_path_factory.mktemp("sft_cache")
+
+
+@pytest.fixture(scope="session")
+def echo_task():
+    from jaxpref.tasks.synthetic import EchoTask
+
+    return EchoTask()
+
+
+@pytest.fixture(scope="session")
+def tiny(echo_task):
+    """A random-init 2-layer Llama over the echo task's vocabulary: ``(model, params)``."""
+    from helpers import TINY_LM
+
+    from jaxpref.models import init_model
+
+    return init_model({"vocab_size": echo_task.vocab_size, **TINY_LM}, seed=0)
+
+
+@pytest.fixture(scope="session")
+def pairs(echo_task):
+    """64 echo-task preference pairs (seed 0)."""
+    return echo_task.preference_dataset(seed=0, n=64)

@@ -53,3 +53,10 @@ def tiny_online(name, cache_dir, **overrides):
     for k, v in overrides.items():
         set_field(cfg, k, v)
     return cfg
+
+
+# The random-init 2-layer Llama of the step-level tests (the ``tiny`` fixture), over the echo
+# task's vocabulary (``EchoTask().vocab_size``).
+TINY_LM = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+               tie_word_embeddings=True, model_type="llama", max_position_embeddings=64, rope_theta=10000.0,
+               rms_norm_eps=1e-6)

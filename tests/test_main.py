@@ -25,7 +25,10 @@ def test_dpo_job_writes_summary_metrics_plot_and_export(tmp_path, sft_cache):
         assert key in on_disk, key
     assert on_disk["steps"] == 6 and on_disk["num_prompts"] == 32
     assert on_disk["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1} and on_disk["devices"] == on_disk["processes"] == 1
-    assert on_disk["loss_hparams"] == {"beta": 0.1, "label_smoothing": 0.0}
+    # Exactly what DPO reads: its own hyper-parameters and TRL's DPO options (f-divergence, LD, WPO).
+    assert on_disk["loss_hparams"] == {"beta": 0.1, "label_smoothing": 0.0, "f_divergence_type": "reverse_kl",
+                                       "f_alpha_divergence_coef": 0.5, "ld_alpha": 1.0, "use_weighting": False}
+    assert on_disk["loss"] == "dpo" and on_disk["loss_weights"] == ""
     assert 0.0 <= summary["win_rate_vs_sft"] <= 1.0
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]

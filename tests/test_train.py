@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import TINY_LM
 
 from jaxpref.data.batches import PairExample, collate_pairs, collate_unpaired, pairs_to_unpaired
 from jaxpref.losses import dpo_loss, sequence_logps
@@ -17,19 +18,7 @@ from jaxpref.train.state import create_train_state, update_reference
 from jaxpref.train.step import batch_groups, grouped_logps, make_train_step
 
 TASK = EchoTask()
-CFG = dict(vocab_size=TASK.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-           num_kv_heads=2, tie_word_embeddings=True, model_type="llama", max_position_embeddings=64,
-           rope_theta=10000.0, rms_norm_eps=1e-6)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return init_model(CFG, seed=0)
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return TASK.preference_dataset(seed=0, n=64)
+CFG = {"vocab_size": TASK.vocab_size, **TINY_LM}
 
 
 def dpo_step(model, tx, loss="dpo", *, ref_update_every=0, ref_update_alpha=1.0, **hparams):

@@ -28,7 +28,7 @@ from jaxpref.data.training_set import TrainingSet
 from jaxpref.infer.batching import map_batches
 from jaxpref.losses import sequence_logps
 from jaxpref.models import forward
-from jaxpref.train.step import batch_groups, reference_logps
+from jaxpref.train.step import PLAIN, Scoring, batch_groups, reference_logps
 
 TokenLists = Sequence[Sequence[int]]
 
@@ -38,11 +38,11 @@ def _response_logps(model, params, ids, attention_mask, completion_mask):
     return sequence_logps(forward(model, params, ids, attention_mask), ids, completion_mask)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "names"))
-def reference_pass(model, params, groups, names: tuple[str, ...]):
+@functools.partial(jax.jit, static_argnames=("model", "names", "scoring"))
+def reference_pass(model, params, groups, names: tuple[str, ...], scoring: Scoring = PLAIN):
     """Jitted ``train.step.reference_logps``: ``{name: [B]}`` log-probs of a batch's groups under
-    ``params``, without gradient (compiled once per model, groups and shapes)."""
-    return reference_logps(model, params, groups, names)
+    ``params``, without gradient (compiled once per model, groups, scoring and shapes)."""
+    return reference_logps(model, params, groups, names, scoring)
 
 
 @functools.partial(jax.jit, static_argnames="model")
@@ -95,12 +95,14 @@ def reward_model_scores(model, params, prompts: TokenLists, responses: TokenList
 
 def reference_logps_of(model, ref_params, data: TrainingSet, names: tuple[str, ...], *, pad_id: int,
                        buckets: Sequence[int], batch_size: int, share_prompt: bool = False,
-                       packed: tuple[int, int] | None = None, mesh: Mesh | None = None) -> dict[str, np.ndarray]:
+                       packed: tuple[int, int] | None = None, mesh: Mesh | None = None,
+                       scoring: Scoring = PLAIN) -> dict[str, np.ndarray]:
     """Reference log-probs of every example of ``data``: ``{"ref_<name>": [N] float32}``.
 
     Batches are built exactly as for training (``collate_pairs`` / ``collate_unpaired``, and the
     shared-prompt packing with ``share_prompt``), in dataset order; only per-example groups can
-    be scored this way (not KTO's ``kl`` rows, which depend on the batch). A single bucket
+    be scored this way (not KTO's ``kl`` rows, which depend on the batch); ``scoring``: as the
+    train step scores them (LD-DPO weights). A single bucket
     (``buckets=(T,)``) and ``packed=(Tp, N)`` give every batch the same shapes.
     """
     if "kl" in names:
@@ -120,8 +122,8 @@ def reference_logps_of(model, ref_params, data: TrainingSet, names: tuple[str, .
         return batch_groups(collate_unpaired(chunk, pad_id=pad_id, buckets=(length,), kl=False))[0]
 
     out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for _, n_real, logps in map_batches(lambda g, _: reference_pass(model, ref_params, g, names), len(examples),
-                                        batch_size, rows, mesh=mesh, desc="reference log-probs"):
+    score = lambda g, _: reference_pass(model, ref_params, g, names, scoring)  # noqa: E731
+    for _, n_real, logps in map_batches(score, len(examples), batch_size, rows, mesh=mesh, desc="reference log-probs"):
         for n in names:
             out[n].append(logps[n][:n_real])
     return {f"ref_{n}": np.concatenate(v).astype(np.float32) for n, v in out.items()}

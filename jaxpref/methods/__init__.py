@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxpref.config import ConfigError, require
-from jaxpref.objectives import OBJECTIVES
+from jaxpref.objectives import OBJECTIVES, objective_of
 
 log = logging.getLogger("jaxpref")
 
@@ -54,8 +54,10 @@ def check_loss(cfg, *, groups: tuple[str, ...], extras: tuple[str, ...] = (), mo
     """Refuses a loss whose data the job cannot provide: its groups must be among ``groups``, its
     extras among ``extras``, its model kind ``model``."""
     loss = cfg[key] if name is None else name
-    require(loss in OBJECTIVES, key, f"unknown loss {loss!r}; known: {sorted(OBJECTIVES)}")
-    objective = OBJECTIVES[loss]
+    try:
+        objective = objective_of(cfg, loss)
+    except ValueError as exc:
+        raise ConfigError(f"config.{key}: {str(exc).removeprefix('config.loss: ')}") from None
     provides = set(groups)
     ok = (set(objective.groups) <= provides and set(objective.extras) <= set(extras) | {"desirable"}
           and objective.model == model)

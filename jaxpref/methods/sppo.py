@@ -48,7 +48,9 @@ def win_rate_estimates(pref: np.ndarray) -> np.ndarray:
     return pref.mean(axis=-1)
 
 
-EXTRAS = ("chosen_probs", "rejected_probs")
+# Win rates of the chosen / rejected response against the policy (``sppo``), and the pair's own
+# preference P(y_w > y_l) (``sppo_single``).
+EXTRAS = ("chosen_probs", "rejected_probs", "pair_probs")
 
 
 def objectives(cfg) -> tuple[str, ...]:
@@ -70,11 +72,13 @@ def make_round(ctx, it: int) -> Round | None:
         return None
     prompts = ctx.train_prompts(cfg.num_prompts, round_index=it)
     responses, _ = ctx.sample(ctx.params, prompts, scfg.num_samples, cfg.seed * 100 + it)
-    p_hat = win_rate_estimates(preference_matrix(ctx.judge, prompts, responses))
+    pref = preference_matrix(ctx.judge, prompts, responses)
+    p_hat = win_rate_estimates(pref)
     best, worst, keep = pick_best_worst(p_hat)
     rows = np.flatnonzero(keep)
     pairs = [PairExample(prompts[b], responses[b][best[b]], responses[b][worst[b]]) for b in rows]
-    data = TrainingSet(pairs, {"chosen_probs": p_hat[rows, best[rows]], "rejected_probs": p_hat[rows, worst[rows]]})
+    data = TrainingSet(pairs, {"chosen_probs": p_hat[rows, best[rows]], "rejected_probs": p_hat[rows, worst[rows]],
+                               "pair_probs": pref[rows, best[rows], worst[rows]]})
     log.info("sppo iteration %d: %d/%d informative prompts", it + 1, rows.size, len(prompts))
     info = {"iteration": it + 1, "mean_best_win_rate": float(p_hat[rows, best[rows]].mean())}
     return Round(f"sppo it{it + 1}", data, cfg.loss, cfg.num_steps, seed=cfg.seed + it,

@@ -30,15 +30,21 @@ from jaxpref.data.batches import packed_length
 from jaxpref.data.stream import BatchStream
 from jaxpref.data.training_set import TrainingSet
 from jaxpref.infer.scoring import reference_logps_of
-from jaxpref.objectives import PAIR, get_objective, hparams_of
+from jaxpref.objectives import PAIR, hparams_of, objective_of
 from jaxpref.runtime import sharding
 from jaxpref.runtime.checkpointing import Checkpointer, CheckpointError
 from jaxpref.runtime.compiler_options import train_compiler_options
 from jaxpref.runtime.host_memory import CompileAhead
 from jaxpref.train.loop import LoopStats, run_steps
 from jaxpref.train.optim import extend_schedule, make_optimizer
-from jaxpref.train.state import TrainState, create_train_state, state_factory, train_state_shardings
-from jaxpref.train.step import batch_groups, make_train_step
+from jaxpref.train.state import (
+    TrainState,
+    create_train_state,
+    initial_loss_state,
+    state_factory,
+    train_state_shardings,
+)
+from jaxpref.train.step import PLAIN, Scoring, batch_groups, make_train_step, scoring_of
 
 log = logging.getLogger("jaxpref")
 
@@ -159,7 +165,7 @@ class Trainer:
         """The jitted, sharded train step for an objective and reference layout (one per job)."""
         key = (objective_name, with_reference, every, alpha)
         if key not in self._steps:
-            objective = get_objective(objective_name)
+            objective = objective_of(self.cfg, objective_name)
             shardings, _ = self.layout(with_reference)
             step = make_train_step(self.model, objective, hparams_of(self.cfg, objective), self.tx,
                                    ref_update_every=every, ref_update_alpha=alpha,
@@ -185,12 +191,16 @@ class Trainer:
 
     def plan(self, rnd: Round) -> dict:
         """How ``rnd`` runs: ``{"objective", "precompute", "with_reference", "share_prompt"}``."""
-        objective = get_objective(rnd.objective)
+        objective = objective_of(self.cfg, rnd.objective)
         ref = rnd.reference
         precompute = (objective.needs_reference and ref.every == 0 and ref.precompute
                       and objective.per_example_reference)
+        scoring = scoring_of(hparams_of(self.cfg, objective), objective)
         share = bool(self.cfg.get("share_prompt", False)) and objective.groups == PAIR and objective.model == "lm"
-        return {"objective": objective, "precompute": precompute, "share_prompt": share,
+        if share and scoring != PLAIN:  # LD-DPO, WPO and ORPO's NLL read per-sequence logits: rows stay unpacked
+            log.info("%s: share_prompt packing is off (ld_alpha, use_weighting and orpo score unpacked rows)", rnd.name)
+            share = False
+        return {"objective": objective, "precompute": precompute, "share_prompt": share, "scoring": scoring,
                 "with_reference": objective.needs_reference and not precompute}
 
     def train(self, rnd: Round, params, *, first_step: int, state: TrainState | None = None,
@@ -214,7 +224,8 @@ class Trainer:
                              kl="kl" in names, fixed_packed_sizes=packed, order=rnd.order)
         if plan["precompute"]:
             data = self._with_reference_logps(data, names, stream, rnd.steps, ref_params, buckets=buckets,
-                                              share_prompt=plan["share_prompt"], packed=packed)
+                                              share_prompt=plan["share_prompt"], packed=packed,
+                                              scoring=plan["scoring"])
         if save_data_to is not None and state is None and jax.process_index() == 0:
             os.makedirs(os.path.dirname(save_data_to), exist_ok=True)
             data.save(save_data_to)
@@ -252,22 +263,26 @@ class Trainer:
         the optimizer state is not saved with ``config.save_optimizer_state=False``."""
         frozen_start = rnd.reference.start == "sft" and rnd.reference.every == 0
         return {"reference": plan["with_reference"] and not frozen_start,
-                "optimizer": bool(self.cfg.get("save_optimizer_state", True))}
+                "optimizer": bool(self.cfg.get("save_optimizer_state", True)), "loss_state": True}
 
     def restore_template(self, meta: dict) -> TrainState:
         """The abstract state a checkpoint with metadata ``meta`` was saved as (``slim_state``)."""
         abstract = self.abstract_state(meta["with_reference"])
-        return slim_state(abstract, meta.get("saved", {"reference": True, "optimizer": True}))
+        # Checkpoints written before the loss state existed hold none (``complete_state`` adds it).
+        saved = {"reference": True, "optimizer": True, "loss_state": False, **meta.get("saved", {})}
+        return slim_state(abstract, saved)
 
     def complete_state(self, state: TrainState, meta: dict) -> TrainState:
         """A restored (slim) state made whole again: the frozen reference re-attached."""
         if meta["with_reference"] and state.ref_params is None:
             # a copy: the train step donates its state, and the start params must outlive it
             state = state.replace(ref_params=jax.tree.map(jnp.copy, self.start_params))
+        if state.loss_state is None:
+            state = state.replace(loss_state=jax.device_put(initial_loss_state(), sharding.replicated(self.mesh)))
         return state
 
     def _with_reference_logps(self, data: TrainingSet, names, stream: BatchStream, steps: int, ref_params, *,
-                              buckets, share_prompt: bool, packed) -> TrainingSet:
+                              buckets, share_prompt: bool, packed, scoring: Scoring = PLAIN) -> TrainingSet:
         """``data`` with ``ref_<group>`` extras for the rows the round's ``steps`` batches use: every row
         when the round covers an epoch or more, else only those (the others NaN), so a short run
         on a large dataset scores a few batches, not the whole set."""
@@ -285,7 +300,7 @@ class Trainer:
                      steps)
         logps = reference_logps_of(self.model, ref_params, subset, names, pad_id=self.pad_id, buckets=buckets,
                                    batch_size=self.cfg.batch_size, share_prompt=share_prompt, packed=packed,
-                                   mesh=self.mesh)
+                                   mesh=self.mesh, scoring=scoring)
         if subset is not data:
             full = {}
             for k, v in logps.items():
@@ -304,6 +319,8 @@ def slim_state(state: TrainState, saved: dict) -> TrainState:
         state = state.replace(ref_params=None)
     if not saved.get("optimizer", True):
         state = state.replace(opt_state=None)
+    if not saved.get("loss_state", True):
+        state = state.replace(loss_state=None)
     return state
 
 

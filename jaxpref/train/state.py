@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from jaxpref.objectives import INITIAL_LOSS_STATE
 from jaxpref.runtime.sharding import Rules, param_shardings, replicated
 from jaxpref.train.optim import start_schedule
 
@@ -41,6 +42,8 @@ class TrainState:
       ref_params: reference parameters (same structure) or None when the step needs none.
       opt_state: optax state for ``params``.
       rng: PRNG key for stochastic steps.
+      loss_state: float32 scalars a loss carries from step to step (``objectives.INITIAL_LOSS_STATE``:
+        BCO's running reward baseline), or None in a checkpoint saved without it.
     """
 
     step: jax.Array
@@ -48,6 +51,12 @@ class TrainState:
     ref_params: PyTree | None
     opt_state: PyTree
     rng: jax.Array
+    loss_state: PyTree | None = None
+
+
+def initial_loss_state() -> dict[str, jax.Array]:
+    """A fresh ``TrainState.loss_state``."""
+    return {k: jnp.asarray(v, jnp.float32) for k, v in INITIAL_LOSS_STATE.items()}
 
 
 def create_train_state(params, tx: optax.GradientTransformation, *, rng, with_reference: bool = False,
@@ -57,7 +66,8 @@ def create_train_state(params, tx: optax.GradientTransformation, *, rng, with_re
     if ref_params is None and with_reference:
         ref_params = jax.tree.map(jnp.copy, params)
     return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, ref_params=ref_params, opt_state=tx.init(params), rng=rng
+        step=jnp.zeros((), jnp.int32), params=params, ref_params=ref_params, opt_state=tx.init(params), rng=rng,
+        loss_state=initial_loss_state(),
     )
 
 
@@ -98,6 +108,8 @@ def train_state_shardings(abstract_state: TrainState, tx: optax.GradientTransfor
         ref_params=None if abstract_state.ref_params is None else params,
         opt_state=opt_state,
         rng=rep,
+        loss_state=None if abstract_state.loss_state is None else jax.tree.map(lambda _: rep,
+                                                                                abstract_state.loss_state),
     )
 
 

@@ -12,6 +12,7 @@ Non-finite losses or gradients leave params and optimizer state untouched (count
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ from jaxpref.data.batches import (
     UnpairedBatch,
     pack_shared_prompt,
 )
-from jaxpref.losses import completion_lengths, sequence_logps, token_logps
+from jaxpref.losses import completion_lengths, ld_token_weights, sequence_logps, token_logps, wpo_mean_logps
 from jaxpref.models import RewardModel, forward
 from jaxpref.objectives import LossInputs, Objective, Sequences
 from jaxpref.train.state import TrainState, update_reference
@@ -92,7 +93,32 @@ def shared_prompt_logps(model, params, packed: SharedPromptPairs) -> dict[str, j
     }
 
 
-def sequence_scores(model, params, groups: Groups, names: tuple[str, ...]) -> dict[str, jax.Array]:
+class Scoring(NamedTuple):
+    """How a response's score is computed from the forward (hashable: a static jit argument).
+
+    ``ld_alpha``: LD-DPO's weight of a pair's response tokens beyond the shorter response (1: plain
+    sums); ``wpo``: also return WPO's ``wpo_<group>`` mean aligned log-probs (policy side only);
+    ``full_chosen``: also return ``full_chosen``, the chosen rows' log-prob of every attended token,
+    prompt included (ORPO's NLL term, as TRL and the ORPO code compute it).
+    """
+
+    ld_alpha: float = 1.0
+    wpo: bool = False
+    full_chosen: bool = False
+
+
+PLAIN = Scoring()  # summed log-probs, no WPO
+
+
+def scoring_of(hparams: Mapping[str, float | bool], objective: Objective | None = None) -> Scoring:
+    """The ``Scoring`` a loss's hyper-parameters (``objectives.SCORING_HPARAMS``) and the objective
+    (``Objective.prompt_nll``) ask for."""
+    return Scoring(float(hparams.get("ld_alpha", 1.0)), bool(hparams.get("use_weighting", False)),
+                   bool(objective is not None and objective.prompt_nll))
+
+
+def sequence_scores(model, params, groups: Groups, names: tuple[str, ...],
+                    scoring: Scoring = PLAIN) -> dict[str, jax.Array]:
     """What the objectives score each row with: ``{name: [B] float32}`` from one fused forward.
 
     For a ``CausalLM``, the summed completion log-probs (``grouped_logps``); for a
@@ -103,30 +129,87 @@ def sequence_scores(model, params, groups: Groups, names: tuple[str, ...]) -> di
         attn = jnp.concatenate([groups[n].attention_mask for n in names], axis=0)
         scores = model.apply({"params": params}, ids, attn)
         return dict(zip(names, jnp.split(scores, len(names))))
-    return grouped_logps(model, params, groups, names)
+    return grouped_logps(model, params, groups, names, scoring)
 
 
-def grouped_logps(model, params, groups: Groups, names: tuple[str, ...]) -> dict[str, jax.Array]:
+def grouped_logps(model, params, groups: Groups, names: tuple[str, ...],
+                  scoring: Scoring = PLAIN) -> dict[str, jax.Array]:
     """Completion log-probs of every group from one fused forward.
 
     All groups must share ``[B, T]``; the forward sees ``[len(names) * B, T]``. If the
     groups hold packed pairs (``batch_groups(share_prompt=True)``) and ``names`` are chosen
-    and rejected, ``shared_prompt_logps`` is used instead.
+    and rejected, ``shared_prompt_logps`` is used instead (plain ``Scoring`` only).
+    With ``scoring.ld_alpha != 1`` the chosen and rejected log-probs are LD-DPO's weighted sums
+    (``losses.ld_token_weights``); with ``scoring.wpo`` the result also holds ``wpo_<name>``.
     Returns ``{name: [B] float32}``.
     """
     if SHARED_PROMPT in groups and sorted(names) == ["chosen", "rejected"]:
+        if scoring != PLAIN:
+            raise ValueError("share_prompt packing does not support ld_alpha or use_weighting")
         return shared_prompt_logps(model, params, groups[SHARED_PROMPT])
     ids = jnp.concatenate([groups[n].ids for n in names], axis=0)
     attn = jnp.concatenate([groups[n].attention_mask for n in names], axis=0)
+    return logps_from_logits(forward(model, params, ids, attn), groups, names, scoring)
+
+
+def logps_from_logits(logits: jax.Array, groups: Groups, names: tuple[str, ...],
+                      scoring: Scoring = PLAIN) -> dict[str, jax.Array]:
+    """``grouped_logps`` after the forward: ``logits`` ``[len(names) * B, T, V]`` of the groups
+    concatenated in ``names`` order -> ``{name: [B]}`` (and ``wpo_<name>`` with ``scoring.wpo``)."""
+    ids = jnp.concatenate([groups[n].ids for n in names], axis=0)
     comp = jnp.concatenate([groups[n].completion_mask for n in names], axis=0)
-    logits = forward(model, params, ids, attn)
-    logps = sequence_logps(logits, ids, comp)
-    return dict(zip(names, jnp.split(logps, len(names))))
+    weights = None
+    if scoring.ld_alpha != 1.0 and "chosen" in names and "rejected" in names:
+        wc, wr = ld_token_weights(groups["chosen"].completion_mask, groups["rejected"].completion_mask,
+                                  scoring.ld_alpha)
+        by_name = {"chosen": wc, "rejected": wr}
+        weights = jnp.concatenate([by_name.get(n, groups[n].completion_mask.astype(jnp.float32)) for n in names])
+    logps = sequence_logps(logits, ids, comp, weights=weights)
+    out = dict(zip(names, jnp.split(logps, len(names))))
+    if scoring.wpo:
+        out.update(zip((f"wpo_{n}" for n in names), jnp.split(wpo_mean_logps(logits, ids, comp), len(names))))
+    if scoring.full_chosen:
+        b = groups["chosen"].ids.shape[0]
+        i = names.index("chosen")
+        out["full_chosen"] = sequence_logps(logits[i * b:(i + 1) * b], groups["chosen"].ids,
+                                            groups["chosen"].attention_mask)
+    return out
 
 
-def reference_logps(model, ref_params, groups: Groups, names: tuple[str, ...]) -> dict[str, jax.Array]:
-    """Reference log-probs (no gradient); ``[B]`` per group."""
-    return jax.lax.stop_gradient(grouped_logps(model, ref_params, groups, names))
+def reference_logps(model, ref_params, groups: Groups, names: tuple[str, ...],
+                    scoring: Scoring = PLAIN) -> dict[str, jax.Array]:
+    """Reference log-probs (no gradient); ``[B]`` per group (scored as the policy's, without WPO)."""
+    return jax.lax.stop_gradient(grouped_logps(model, ref_params, groups, names,
+                                               scoring._replace(wpo=False, full_chosen=False)))
+
+
+def _masked_mean(x: jax.Array, valid: jax.Array | None) -> jax.Array:
+    if valid is None:
+        return jnp.mean(x)
+    return jnp.sum(jnp.where(valid, x, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def batch_loss(objective: Objective, hparams: Mapping[str, float | bool], policy: dict[str, jax.Array],
+               ref: Mapping[str, jax.Array], groups: Groups, extras: Extras, loss_state: Mapping[str, jax.Array]):
+    """The scalar loss of a batch from its scores: ``(loss, (LossOutput, policy))``.
+
+    ``policy``/``ref``: ``{group: [B]}`` from ``sequence_scores`` / ``reference_logps`` (policy may
+    hold WPO's ``wpo_<group>``, consumed here: each pair's loss is weighted by ``w(y_w) w(y_l)``,
+    with no gradient through the weights). The returned ``LossOutput.loss_state`` is the whole
+    updated loss state.
+    """
+    names = objective.groups
+    policy = dict(policy)
+    wpo = {n: policy.pop(f"wpo_{n}") for n in names if f"wpo_{n}" in policy}
+    lengths = {n: completion_lengths(groups[n].completion_mask) for n in names}
+    if "full_chosen" in policy:
+        lengths["full_chosen"] = completion_lengths(groups["chosen"].attention_mask)
+    out = objective(LossInputs(policy, ref, lengths, extras, loss_state), **hparams)
+    per_example = out.losses
+    if wpo:
+        per_example = per_example * jnp.exp(wpo["chosen"] + wpo["rejected"])
+    new_state = {**loss_state, **(out.loss_state or {})}
+    return jnp.mean(per_example), (out._replace(losses=per_example, loss_state=new_state), policy)
 
 
 def make_train_step(
@@ -149,51 +232,59 @@ def make_train_step(
     ``B / A`` rows (row ``i`` goes to micro-batch ``i % A``, so each stays spread over the
     mesh's batch axes) run one after another under ``lax.scan``; the gradient is the mean of
     their gradients, which equals the full batch's gradient for losses that average per-example
-    terms (every loss except KTO's and BCO's batch statistics, which are then per micro-batch, as
-    in TRL). Activation memory is that of one micro-batch.
+    terms (not for ``objective.batch_statistic`` losses: KTO's reference point and AOT's sorting are
+    then per micro-batch, as in TRL, and BCO's baseline advances per micro-batch). Activation
+    memory is that of one micro-batch.
     """
     names = objective.groups
     hparams = dict(hparams)
     if set(hparams) != set(objective.hparams):
         raise ValueError(f"hparams {sorted(hparams)} do not match the objective's {sorted(objective.hparams)}")
+    scoring = scoring_of(hparams, objective)
 
-    def loss_fn(params, ref, groups, extras):
-        policy = sequence_scores(model, params, groups, names)
-        lengths = {n: completion_lengths(groups[n].completion_mask) for n in names}
-        per_example, chosen_r, rejected_r = objective.compute(LossInputs(policy, ref, lengths, extras), **hparams)
-        return jnp.mean(per_example), (chosen_r, rejected_r, policy)
+    def loss_fn(params, ref, groups, extras, loss_state):
+        policy = sequence_scores(model, params, groups, names, scoring)
+        return batch_loss(objective, hparams, policy, ref, groups, extras, loss_state)
 
-    def loss_and_grads(state: TrainState, groups: Groups, extras: Extras):
-        """One batch (or micro-batch): ``(loss, (chosen_r, rejected_r, policy, ref), grads)``."""
+    def loss_and_grads(state: TrainState, groups: Groups, extras: Extras, loss_state):
+        """One batch (or micro-batch): ``(loss, (LossOutput, policy, ref), grads)``."""
         ref = {}
         if objective.needs_reference:
             if all(f"ref_{n}" in extras for n in names):
                 ref = {n: extras[f"ref_{n}"] for n in names}
             else:
-                ref = reference_logps(model, state.ref_params, groups, names)
-        (loss, (chosen_r, rejected_r, policy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, ref, groups, extras
+                ref = reference_logps(model, state.ref_params, groups, names, scoring)
+        (loss, (out, policy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, ref, groups, extras, loss_state
         )
-        return loss, (chosen_r, rejected_r, policy, ref), grads
+        return loss, (out, policy, ref), grads
+
+    def single(state: TrainState, groups: Groups, extras: Extras):
+        return loss_and_grads(state, groups, extras, state.loss_state)
 
     def accumulated(state: TrainState, groups: Groups, extras: Extras):
-        """``loss_and_grads`` over ``grad_accum_steps`` micro-batches, averaged."""
+        """``loss_and_grads`` over ``grad_accum_steps`` micro-batches, averaged (the loss state,
+        e.g. BCO's baseline, advances once per micro-batch)."""
         a = grad_accum_steps
         split = lambda x: x.reshape(x.shape[0] // a, a, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731
         micro = jax.tree.map(split, (groups, extras))
 
-        def body(grad_sum, batch):
-            loss, aux, grads = loss_and_grads(state, *batch)
-            return jax.tree.map(jnp.add, grad_sum, grads), (loss, aux)
+        def body(carry, batch):
+            grad_sum, loss_state = carry
+            loss, (out, policy, ref), grads = loss_and_grads(state, *batch, loss_state)
+            rows = (out._replace(metrics=None, loss_state=None), policy, ref)
+            return (jax.tree.map(jnp.add, grad_sum, grads), out.loss_state), (loss, rows, out.metrics or {})
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
-        grad_sum, (losses, aux) = jax.lax.scan(body, zeros, micro)
+        (grad_sum, loss_state), (losses, rows, metrics) = jax.lax.scan(body, (zeros, state.loss_state), micro)
         merge = lambda x: x.swapaxes(0, 1).reshape(-1, *x.shape[2:])  # noqa: E731  [A, B/A] -> [B], original order
-        return jnp.mean(losses), jax.tree.map(merge, aux), jax.tree.map(lambda g: g / a, grad_sum)
+        out, policy, ref = jax.tree.map(merge, rows)
+        out = out._replace(metrics=jax.tree.map(jnp.mean, metrics), loss_state=loss_state)
+        return jnp.mean(losses), (out, policy, ref), jax.tree.map(lambda g: g / a, grad_sum)
 
     def step(state: TrainState, groups: Groups, extras: Extras):
-        run = loss_and_grads if grad_accum_steps == 1 else accumulated
-        loss, (chosen_r, rejected_r, policy, ref), grads = run(state, groups, extras)
+        run = single if grad_accum_steps == 1 else accumulated
+        loss, (out, policy, ref), grads = run(state, groups, extras)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.global_norm(grads)
@@ -206,26 +297,34 @@ def make_train_step(
             step=state.step + 1,
             params=keep(params, state.params),
             opt_state=keep(opt_state, state.opt_state),
+            loss_state=keep(dict(out.loss_state), state.loss_state),
         )
         state = update_reference(state, every=ref_update_every, alpha=ref_update_alpha)
+        chosen_reward = _masked_mean(out.chosen_rewards, out.chosen_valid)
+        rejected_reward = _masked_mean(out.rejected_rewards, out.rejected_valid)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
             "skipped": 1 - finite.astype(jnp.int32),
-            "chosen_reward": jnp.mean(chosen_r),
-            "rejected_reward": jnp.mean(rejected_r),
+            "chosen_reward": chosen_reward,
+            "rejected_reward": rejected_reward,
             "tokens": sum(jnp.sum(groups[n].attention_mask) for n in names),
+            **(out.metrics or {}),
         }
         if objective.paired:
-            metrics["reward_accuracy"] = jnp.mean((chosen_r > rejected_r).astype(jnp.float32))
-            metrics["reward_margin"] = jnp.mean(chosen_r - rejected_r)
+            metrics["reward_accuracy"] = jnp.mean((out.chosen_rewards > out.rejected_rewards).astype(jnp.float32))
+            metrics["reward_margin"] = jnp.mean(out.chosen_rewards - out.rejected_rewards)
             if objective.model == "lm":
                 metrics["chosen_logps"] = jnp.mean(policy["chosen"])
                 metrics["rejected_logps"] = jnp.mean(policy["rejected"])
+        elif out.chosen_valid is not None:  # unpaired (KTO): the desirable and undesirable rows' means
+            metrics["reward_margin"] = chosen_reward - rejected_reward
         if ref:
-            # Mean log pi/pi_ref over the batch's responses: a KL(pi || ref) estimate when the
-            # responses are policy samples, a drift indicator otherwise.
-            metrics["kl_estimate"] = jnp.mean(jnp.stack([jnp.mean(policy[n] - ref[n]) for n in names]))
+            # Mean log pi/pi_ref over the batch's responses (not KTO's mismatched kl rows, whose
+            # clamped mean is KTO's own "kl" metric): a KL(pi || ref) estimate when the responses
+            # are policy samples, a drift indicator otherwise.
+            scored = [n for n in names if n != "kl"]
+            metrics["kl_estimate"] = jnp.mean(jnp.stack([jnp.mean(policy[n] - ref[n]) for n in scored]))
         return state, metrics
 
     return step

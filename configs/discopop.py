@@ -1,0 +1,14 @@
+"""DiscoPOP (Lu et al. 2024): a log-ratio modulated blend of the logistic and exponential losses.
+
+    python -m jaxpref.main --config=configs/discopop.py
+"""
+
+from jaxpref.config import get_base_config
+
+
+def get_config():
+    c = get_base_config()
+    c.method = "discopop"
+    c.loss = "discopop"
+    c.discopop_tau = 0.05
+    return c
