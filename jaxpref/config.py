@@ -19,7 +19,7 @@ import jax
 import ml_collections
 
 from jaxpref.checks import FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, PROBABILITY, Check
-from jaxpref.objectives import HYPERPARAMETERS, get_objective, objective_of, split_loss
+from jaxpref.objectives import HYPERPARAMETERS, LossError, get_objective, objective_of, split_loss
 from jaxpref.train.optim import OPTIMIZERS
 
 
@@ -276,9 +276,8 @@ def validate_config(cfg, objectives: Iterable[str] = ()) -> None:
         require(problem is None, key, problem or "")
     try:
         objective_of(cfg)
-    except ValueError as exc:
-        key = "loss_weights" if str(exc).startswith("config.loss_weights") else "loss"
-        raise ConfigError(f"config.{key}: {str(exc).split(': ', 1)[1]}") from None
+    except LossError as exc:
+        raise ConfigError(str(exc)) from None
     for name, hp in HYPERPARAMETERS.items():
         problem = hp.check.problem(cfg[name])
         require(problem is None, name, problem or "")

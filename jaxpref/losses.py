@@ -53,17 +53,27 @@ def sequence_logps(
       ``[B]`` float32 log-probs.
     """
     mask = completion_mask[:, 1:].astype(bool)
-    # Uncounted positions' logits are replaced by zeros *before* the log-softmax, so a non-finite
-    # padding logit can reach neither the value nor the gradient (``where`` after it would give
-    # NaN gradients).
-    shifted = jnp.where(mask[..., None], logits[:, :-1], jnp.zeros((), logits.dtype))
-    per_token = token_logps(shifted, input_ids[:, 1:])
+    per_token = counted_token_logps(logits, input_ids, completion_mask)
     if weights is not None:
         per_token = per_token * weights[:, 1:].astype(jnp.float32)
     total = jnp.sum(jnp.where(mask, per_token, 0.0), axis=-1)
     if average:
         total = total / jnp.maximum(jnp.sum(mask, axis=-1), 1)
     return total
+
+
+def _counted_logits(logits: Array, mask: Array) -> Array:
+    """``logits[:, :-1]`` with the positions whose predicted token is not counted (``mask[:, 1:]``
+    is 0) replaced by zeros *before* any log-softmax, so a non-finite padding logit can reach
+    neither a value nor a gradient (a ``where`` after it would give NaN gradients)."""
+    return jnp.where(mask[:, 1:, None].astype(bool), logits[:, :-1], jnp.zeros((), logits.dtype))
+
+
+def counted_token_logps(logits: Array, input_ids: Array, mask: Array) -> Array:
+    """Per-position log-prob of the next token where it counts: ``[B, T, V]``, ``[B, T]``,
+    ``[B, T]`` -> ``[B, T - 1]`` float32, 0 where ``mask[:, 1:]`` is 0 (see ``sequence_logps``)."""
+    counted = mask[:, 1:].astype(bool)
+    return jnp.where(counted, token_logps(_counted_logits(logits, mask), input_ids[:, 1:]), 0.0)
 
 
 def ld_token_weights(chosen_mask: Array, rejected_mask: Array, ld_alpha: float) -> tuple[Array, Array]:
@@ -94,10 +104,9 @@ def wpo_mean_logps(logits: Array, input_ids: Array, completion_mask: Array) -> A
     ``exp`` of it weighs a pair's loss (``w(y_w) * w(y_l)``). Shapes as ``sequence_logps``: ``[B]``.
     """
     mask = completion_mask[:, 1:].astype(bool)
-    lg = jnp.where(mask[..., None], logits[:, :-1], jnp.zeros((), logits.dtype)).astype(jnp.float32)
-    lse = jax.nn.logsumexp(lg, axis=-1)
-    log_sum_sq = jax.nn.logsumexp(2.0 * lg, axis=-1) - 2.0 * lse
-    target = jnp.take_along_axis(lg, input_ids[:, 1:, None], axis=-1)[..., 0] - lse
+    lg = _counted_logits(logits, completion_mask).astype(jnp.float32)
+    log_sum_sq = jax.nn.logsumexp(2.0 * lg, axis=-1) - 2.0 * jax.nn.logsumexp(lg, axis=-1)
+    target = counted_token_logps(logits, input_ids, completion_mask)
     aligned = jnp.sum(jnp.where(mask, target - log_sum_sq, 0.0), axis=-1)
     return jax.lax.stop_gradient(aligned / jnp.maximum(jnp.sum(mask, axis=-1), 1))
 

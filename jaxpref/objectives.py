@@ -166,11 +166,6 @@ class Objective:
         computed once per dataset): not for KTO's ``kl`` rows, built from the batch."""
         return "kl" not in self.groups
 
-    @property
-    def loss_hparams(self) -> tuple[str, ...]:
-        """The hyper-parameters ``compute`` takes (``hparams`` less the scoring options)."""
-        return tuple(h for h in self.hparams if h not in SCORING_HPARAMS)
-
     def __call__(self, inputs: LossInputs, **hparams) -> LossOutput:
         """``compute`` with its output as a ``LossOutput``."""
         out = self.compute(inputs, **{k: v for k, v in hparams.items() if k not in SCORING_HPARAMS})
@@ -334,14 +329,12 @@ def _bradley_terry(x):
 
 PAIR = ("chosen", "rejected")
 UNPAIRED = ("completion", "kl")
-_DPO_OPTIONS = SCORING_HPARAMS
-_F = F_DIVERGENCE
 
 
 def _ref_pair(compute, *hparams, f_divergence: bool = False, **kw) -> Objective:
     """A reference-based pair loss of TRL's DPO family: reads the scoring options (and the
     f-divergence ones where TRL allows them)."""
-    return Objective(PAIR, True, compute, (*hparams, *(_F if f_divergence else ()), *_DPO_OPTIONS), **kw)
+    return Objective(PAIR, True, compute, (*hparams, *(F_DIVERGENCE if f_divergence else ()), *SCORING_HPARAMS), **kw)
 
 
 def _free_pair(compute, *hparams) -> Objective:
@@ -394,6 +387,15 @@ ALIASES = {"sigmoid": "dpo"}
 _SFT_ON_CHOSEN = Objective(PAIR, False, _sft_chosen)
 
 
+class LossError(ValueError):
+    """A loss spec that cannot be built: ``key`` is the config key at fault (``loss`` or
+    ``loss_weights``), ``problem`` says why; the message is ``config.<key>: <problem>``."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"config.{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
 def loss_names() -> list[str]:
     """Every name ``config.loss`` accepts (alone or in a comma-separated combination)."""
     return sorted(set(OBJECTIVES) | set(ALIASES))
@@ -412,18 +414,18 @@ def parse_weights(weights: str | Sequence[float] | None, count: int) -> tuple[fl
     try:
         values = tuple(float(w) for w in parts)
     except ValueError as exc:
-        raise ValueError(f"config.loss_weights: not a comma-separated list of numbers: {weights!r}") from exc
+        raise LossError("loss_weights", f"not a comma-separated list of numbers: {weights!r}") from exc
     if len(values) != count:
-        raise ValueError(f"config.loss_weights: {len(values)} weights for {count} losses ({weights!r})")
+        raise LossError("loss_weights", f"{len(values)} weights for {count} losses ({weights!r})")
     if not all(math.isfinite(v) and v >= 0 for v in values):
-        raise ValueError(f"config.loss_weights: weights must be finite and >= 0, got {weights!r}")
+        raise LossError("loss_weights", f"weights must be finite and >= 0, got {weights!r}")
     return values
 
 
 def _row(name: str) -> Objective:
     key = ALIASES.get(name, name)
     if key not in OBJECTIVES:
-        raise ValueError(f"config.loss: unknown loss {name!r}; known: {loss_names()}")
+        raise LossError("loss", f"unknown loss {name!r}; known: {loss_names()}")
     return OBJECTIVES[key]
 
 
@@ -434,10 +436,10 @@ def _combined(parts: tuple[str, ...], weights: tuple[float, ...]) -> Objective:
     rows = [_SFT_ON_CHOSEN if p == "sft" and paired else r for p, r in zip(parts, rows)]
     models = {r.model for r in rows}
     if len(models) > 1 or "reward_model" in models:
-        raise ValueError(f"config.loss: {','.join(parts)!r} mixes reward-model and language-model losses")
+        raise LossError("loss", f"{','.join(parts)!r} mixes reward-model and language-model losses")
     kinds = {r.paired for r in rows}
     if len(kinds) > 1:
-        raise ValueError(f"config.loss: {','.join(parts)!r} mixes paired and unpaired (KTO) losses")
+        raise LossError("loss", f"{','.join(parts)!r} mixes paired and unpaired (KTO) losses")
     groups = tuple(dict.fromkeys(g for r in rows for g in r.groups))
     hparams = tuple(dict.fromkeys(h for r in rows for h in r.hparams))
     extras = tuple(dict.fromkeys(e for r in rows for e in r.extras))
@@ -466,7 +468,7 @@ def get_objective(name: str, weights: str | Sequence[float] | None = None) -> Ob
     known ones. A single name with no weights is its row itself."""
     parts = split_loss(name)
     if not parts:
-        raise ValueError(f"config.loss: empty loss name {name!r}; known: {loss_names()}")
+        raise LossError("loss", f"empty loss name {name!r}; known: {loss_names()}")
     values = parse_weights(weights, len(parts))
     if len(parts) == 1 and values == (1.0,):
         return _row(parts[0])

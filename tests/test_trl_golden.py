@@ -52,7 +52,6 @@ def jaxpref_loss(case, rows):
     groups = _groups(rows)
     loss_state = {k: jnp.float32(v) for k, v in INITIAL_LOSS_STATE.items()}
     if case["kind"] == "kto":
-        names = ("completion", "kl")
         kl_policy = jnp.asarray(INPUTS["kl_policy_logits"])
         extras = {"desirable": jnp.asarray(INPUTS["desirable"])}
 
@@ -64,7 +63,6 @@ def jaxpref_loss(case, rows):
         ref = {**logps_from_logits(jnp.asarray(INPUTS["ref_logits"][:B]), groups, ("completion",)),
                **logps_from_logits(jnp.asarray(INPUTS["kl_ref_logits"]), groups, ("kl",))}
         ref = {n: ref[n] for n in objective.groups}
-        del names
     else:
         extras = {}
         groups = {n: groups[n] for n in PAIR}

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxpref.config import ConfigError, require
-from jaxpref.objectives import OBJECTIVES, objective_of
+from jaxpref.objectives import OBJECTIVES, LossError, objective_of
 
 log = logging.getLogger("jaxpref")
 
@@ -56,8 +56,8 @@ def check_loss(cfg, *, groups: tuple[str, ...], extras: tuple[str, ...] = (), mo
     loss = cfg[key] if name is None else name
     try:
         objective = objective_of(cfg, loss)
-    except ValueError as exc:
-        raise ConfigError(f"config.{key}: {str(exc).removeprefix('config.loss: ')}") from None
+    except LossError as exc:
+        raise ConfigError(f"config.{key if exc.key == 'loss' else exc.key}: {exc.problem}") from None
     provides = set(groups)
     ok = (set(objective.groups) <= provides and set(objective.extras) <= set(extras) | {"desirable"}
           and objective.model == model)

@@ -27,7 +27,7 @@ from jaxpref.data.batches import (
     UnpairedBatch,
     pack_shared_prompt,
 )
-from jaxpref.losses import completion_lengths, ld_token_weights, sequence_logps, token_logps, wpo_mean_logps
+from jaxpref.losses import completion_lengths, counted_token_logps, ld_token_weights, token_logps, wpo_mean_logps
 from jaxpref.models import RewardModel, forward
 from jaxpref.objectives import LossInputs, Objective, Sequences
 from jaxpref.train.state import TrainState, update_reference
@@ -145,7 +145,8 @@ def grouped_logps(model, params, groups: Groups, names: tuple[str, ...],
     """
     if SHARED_PROMPT in groups and sorted(names) == ["chosen", "rejected"]:
         if scoring != PLAIN:
-            raise ValueError("share_prompt packing does not support ld_alpha or use_weighting")
+            raise ValueError("share_prompt packing does not support ld_alpha, use_weighting or orpo's "
+                             "full-sequence NLL")
         return shared_prompt_logps(model, params, groups[SHARED_PROMPT])
     ids = jnp.concatenate([groups[n].ids for n in names], axis=0)
     attn = jnp.concatenate([groups[n].attention_mask for n in names], axis=0)
@@ -158,21 +159,22 @@ def logps_from_logits(logits: jax.Array, groups: Groups, names: tuple[str, ...],
     concatenated in ``names`` order -> ``{name: [B]}`` (and ``wpo_<name>`` with ``scoring.wpo``)."""
     ids = jnp.concatenate([groups[n].ids for n in names], axis=0)
     comp = jnp.concatenate([groups[n].completion_mask for n in names], axis=0)
-    weights = None
+    # One log-softmax per position: with full_chosen the chosen rows count every attended token
+    # (a superset of their response), and the response sums below select theirs.
+    count = comp if not scoring.full_chosen else jnp.concatenate(
+        [groups[n].attention_mask if n == "chosen" else groups[n].completion_mask for n in names], axis=0)
+    per_token = counted_token_logps(logits, ids, count)  # [len(names) * B, T - 1]
+    weights = comp[:, 1:].astype(jnp.float32)
     if scoring.ld_alpha != 1.0 and "chosen" in names and "rejected" in names:
         wc, wr = ld_token_weights(groups["chosen"].completion_mask, groups["rejected"].completion_mask,
                                   scoring.ld_alpha)
         by_name = {"chosen": wc, "rejected": wr}
-        weights = jnp.concatenate([by_name.get(n, groups[n].completion_mask.astype(jnp.float32)) for n in names])
-    logps = sequence_logps(logits, ids, comp, weights=weights)
-    out = dict(zip(names, jnp.split(logps, len(names))))
+        weights = jnp.concatenate([by_name.get(n, groups[n].completion_mask.astype(jnp.float32)) for n in names])[:, 1:]
+    out = dict(zip(names, jnp.split(jnp.sum(per_token * weights, axis=-1), len(names))))
     if scoring.wpo:
         out.update(zip((f"wpo_{n}" for n in names), jnp.split(wpo_mean_logps(logits, ids, comp), len(names))))
     if scoring.full_chosen:
-        b = groups["chosen"].ids.shape[0]
-        i = names.index("chosen")
-        out["full_chosen"] = sequence_logps(logits[i * b:(i + 1) * b], groups["chosen"].ids,
-                                            groups["chosen"].attention_mask)
+        out["full_chosen"] = jnp.split(jnp.sum(per_token, axis=-1), len(names))[names.index("chosen")]
     return out
 
 
