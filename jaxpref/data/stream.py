@@ -75,7 +75,8 @@ class BatchStream:
         fixed_packed_sizes: tuple[int, int] | None = None,
         order: str = "epochs",
     ):
-        if batch_size < 1 or len(examples) < batch_size:
+        fewest = 1 if order == "replacement" else batch_size  # draws with replacement can repeat rows
+        if batch_size < 1 or len(examples) < fewest:
             raise ValueError(
                 f"need 1 <= batch_size <= #examples, got {batch_size=} and {len(examples)} examples"
             )

@@ -219,9 +219,17 @@ class Trainer:
         names = objective.groups
         packed = fixed_packed_sizes(rnd.shapes) if plan["share_prompt"] and rnd.shapes else None
         buckets = (sum(rnd.shapes),) if rnd.shapes else self.buckets
+        order = rnd.order
+        if not data.examples:
+            raise RuntimeError(f"{rnd.name}: no training examples (an online round drops prompts whose samples "
+                               "all tie; sample more prompts or responses)")
+        if len(data.examples) < self.cfg.batch_size and order == "epochs":
+            log.warning("%s: %d examples < batch_size %d: batches draw them with replacement", rnd.name,
+                        len(data.examples), self.cfg.batch_size)
+            order = "replacement"
         stream = BatchStream(data.examples, batch_size=self.cfg.batch_size, pad_id=self.pad_id, buckets=buckets,
                              seed=rnd.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-                             kl="kl" in names, fixed_packed_sizes=packed, order=rnd.order)
+                             kl="kl" in names, fixed_packed_sizes=packed, order=order)
         if plan["precompute"]:
             data = self._with_reference_logps(data, names, stream, rnd.steps, ref_params, buckets=buckets,
                                               share_prompt=plan["share_prompt"], packed=packed,
@@ -429,9 +437,12 @@ def run_rounds(method, ctx, trainer: Trainer) -> JobResult:
         log.info("resuming at round %d, global step %d", index + 1, resumed_from)
     all_stats = []
     while True:
+        calls_before = getattr(ctx.judge, "calls", 0)
         rnd = pending_round or method.make_round(ctx, index)
         if rnd is None:
             break
+        if pending_round is None and ctx.judge is not None:
+            rnd.info["judge_calls"] = int(getattr(ctx.judge, "calls", 0) - calls_before)
         plan = trainer.plan(rnd)
         spec = _round_spec(rnd)
 
