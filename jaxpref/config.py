@@ -13,6 +13,7 @@ error is a ``ConfigError`` whose message starts with ``config.<key>``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import jax
@@ -89,6 +90,10 @@ def get_base_config() -> ml_collections.ConfigDict:
             eval_source="",  # held-out data (same formats); "" -> the source's eval_split, else eval_fraction of it
             eval_split="test",
             eval_fraction=0.05,
+            # Online methods: your prompt dataset (same formats; a `prompt` string or chat-message list
+            # per row) and its held-out prompts ("" -> its eval_split, else eval_fraction of it).
+            prompts="",
+            eval_prompts="",
         )
     )
 
@@ -141,7 +146,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.sampling = ml_collections.ConfigDict(
         dict(max_new_tokens=12, batch_size=512, temperature=1.0, top_k=0, top_p=1.0)
     )
-    c.judge = ml_collections.ConfigDict(dict(kind="oracle", path=""))
+    c.judge = ml_collections.ConfigDict(
+        dict(kind="oracle", path="", function="", weights="", temperature=1.0, max_length=1024)
+    )
     c.export_dir = ""  # if set, the trained policy is written there in HF format
 
     # Device mesh (jaxpref.runtime.sharding): sizes of the data / fsdp / tensor axes, one may be -1
@@ -157,6 +164,18 @@ def get_base_config() -> ml_collections.ConfigDict:
         dict(coordinator_address="", num_processes=0, process_id=-1, auto_detect=True)
     )
     return c
+
+
+def sibling_config(this_file: str, name: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of the config file ``name`` (e.g. ``"sentiment_selm.py"``) in the folder of
+    ``this_file``: a config that varies another one loads it with this."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(this_file)), name)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(name)[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def with_trust_region(c: ml_collections.ConfigDict, *, alpha: float = 0.6, tau: int = 64) -> ml_collections.ConfigDict:
@@ -209,7 +228,9 @@ CHECKS: dict[str, Check] = {
     **{f"eval.{k}": v for k, v in SAMPLING.items()},
     "num_prompts": POSITIVE_INT,
     **{f"sampling.{k}": v for k, v in SAMPLING.items()},
-    "judge.kind": Check(str), "judge.path": Check(str), "export_dir": Check(str),
+    "judge.kind": Check(str), "judge.path": Check(str), "judge.function": Check(str), "judge.weights": Check(str),
+    "judge.temperature": POSITIVE, "judge.max_length": Check(int, low=2),
+    "data.prompts": Check(str), "data.eval_prompts": Check(str), "export_dir": Check(str),
 }
 
 
@@ -375,13 +396,21 @@ HELP: dict[str, str] = {
     "log_every": "steps between metric lines", "checkpoint_every": "steps between checkpoints",
     "keep_checkpoints": "checkpoints kept", "save_optimizer_state": "False: checkpoints hold params only (no resume)",
     "overwrite": "True: delete the workdir's previous run instead of resuming it",
-    "eval.num_prompts": "held-out prompts of the final evaluation (built-in tasks)",
+    "eval.num_prompts": "held-out prompts of the final evaluation (built-in task or data.prompts)",
     "eval.round_prompts": "held-out prompts of the quick evaluation after each online round",
     **{f"eval.{k}": f"evaluation: {v}" for k, v in _SAMPLING_HELP.items()},
     "num_prompts": "online methods: prompts per round",
     **{f"sampling.{k}": f"online sampling: {v}" for k, v in _SAMPLING_HELP.items()},
-    "judge.kind": "who judges online samples: oracle (built-in task) | reward_model",
-    "judge.path": "the judge's folder (judge.kind=reward_model)",
+    "judge.kind": "who judges online samples: oracle (built-in task) | reward_model | function | "
+                  "pairwise_function | intransitive",
+    "judge.path": "judge.kind=reward_model: a Hugging Face *ForSequenceClassification folder with its tokenizer",
+    "judge.function": "judge.kind=function: 'pkg.module:fn' (or 'file.py:fn'), comma-separated to sum several; "
+                      "pairwise_function: one fn(prompts, a, b) -> P(a > b)",
+    "judge.weights": "weights of the judge.function rewards, comma-separated (default: 1 each)",
+    "judge.temperature": "Bradley-Terry preferences of a pointwise judge: sigmoid((r1 - r2) / temperature)",
+    "judge.max_length": "reward model: longest scored sequence in its tokens (longer ones keep their end)",
+    "data.prompts": "online methods: your prompts (file / folder / save_to_disk / hub name; a 'prompt' column)",
+    "data.eval_prompts": "held-out prompts (default: data.prompts' eval_split, else eval_fraction of it)",
     "export_dir": "write the trained policy there in Hugging Face format",
     "mesh.data": "devices on the data axis (-1: the rest)", "mesh.fsdp": "devices on the fsdp axis (-1: the rest)",
     "mesh.tensor": "devices on the tensor axis (-1: the rest)",

@@ -30,7 +30,7 @@ from jaxpref.assets import AssetError
 from jaxpref.config import ConfigError, as_record, config_changes, describe_config, require, validate_config
 from jaxpref.data.batches import default_buckets
 from jaxpref.data.preference import BadRowError
-from jaxpref.infer.judges import make_judge
+from jaxpref.judges import TextView, make_judge
 from jaxpref.methods import Method, get_method
 from jaxpref.methods.context import Context
 from jaxpref.objectives import objective_of
@@ -98,18 +98,42 @@ def setup(cfg, workdir: str) -> Job:
     # --- Policy and judge -------------------------------------------------------------------
     policy = resolve_policy(cfg, mesh, rules, pretrained_sft=not method.random_init)
     model, params = method.make_model(policy) if method.make_model else (policy.model, policy.params)
-    judge = make_judge(cfg, policy, mesh, rules) if method.uses_judge else None
+    prompts = own_prompts(cfg, policy) if cfg.data.get("prompts", "") else None
+    view = TextView(policy.tokenizer, policy.eos_id, prompts.raw_of() if prompts else None)
+    judge = make_judge(cfg, policy, mesh, rules, view=view) if method.uses_judge else None
 
     # --- Trainer: step, checkpoints, loop ---------------------------------------------------
-    max_length = policy.task.max_length if policy.task is not None else cfg.data.max_length
+    max_length = policy.task.max_length if policy.task is not None and prompts is None else cfg.data.max_length
     buckets = tuple(default_buckets(max_length))
     logger = MetricsLogger(workdir)
     trainer = Trainer(model=model, start_params=params, cfg=cfg, mesh=mesh, rules=rules, pad_id=policy.pad_id,
                       buckets=buckets, logger=logger, checkpointer=ckpt, round_dir=os.path.join(workdir, "rounds"))
     sft_params = trainer.start_params if model is policy.model else jax.device_put(
         policy.params, sharding.param_shardings(policy.params, mesh, rules))
-    ctx = Context(cfg, policy, model, judge, mesh, sft_params, buckets=buckets, workdir=workdir)
+    ctx = Context(cfg, policy, model, judge, mesh, sft_params, buckets=buckets, workdir=workdir, prompts=prompts)
     return Job(cfg, workdir, method, ctx, trainer, logger, ckpt)
+
+
+def own_prompts(cfg, policy):
+    """``config.data.prompts`` tokenized for the policy (``data.prompts.split_prompt_data``), with
+    held-out prompts; a source without usable prompts raises naming the key."""
+    from jaxpref.data.prompts import split_prompt_data
+
+    d = cfg.data
+    data = split_prompt_data(d.prompts, policy.tokenizer, max_prompt_length=d.max_prompt_length, split=d.split,
+                             eval_source=d.get("eval_prompts", ""), eval_split=d.eval_split,
+                             eval_fraction=d.eval_fraction, on_bad_row=d.on_bad_row)
+    log.info("prompts: %s", data.train.report.summary())
+    if data.train.report.truncated_prompt > 0.2 * max(len(data.train), 1):
+        log.warning("prompts: %d of %d were cut to their last %d tokens: raise config.data.max_prompt_length",
+                    data.train.report.truncated_prompt, len(data.train), d.max_prompt_length)
+    require(len(data.train) > 0, "data.prompts", f"{d.prompts!r} gives no prompts ({data.train.report.summary()})")
+    if data.eval is None:
+        log.warning("prompts: no held-out prompts (set config.data.eval_prompts, add a %r split, or raise "
+                    "config.data.eval_fraction): no evaluation", d.eval_split)
+    else:
+        log.info("held-out prompts: %d from %s", len(data.eval), data.eval_from)
+    return data
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -189,7 +213,9 @@ def _run(cfg, workdir: str) -> dict:
                "judge": cfg.judge.kind if method.uses_judge else None, "sft": policy.info,
                **sharding.describe(ctx.mesh), **method.summarize(ctx, result),
                "train_tokens_per_second": result.tokens_per_second, "skipped_steps": result.skipped_steps}
-    if method.evaluate_policy and policy.task is not None:
+    if method.uses_judge:
+        summary["judge_calls"] = int(sum(r.get("judge_calls", 0) for r in result.history))
+    if method.evaluate_policy and ctx.can_evaluate:
         summary.update(ctx.evaluate(result.params, cfg.eval.num_prompts))
     for example in summary.get("examples", []):  # readable samples next to the token ids
         for key in ("prompt", "policy", "sft"):

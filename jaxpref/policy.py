@@ -81,6 +81,8 @@ def _load_policy(cfg, mesh, rules, pretrained_sft: bool) -> Policy:
         path = asset_path("smollm2-135m", download=False)  # the error names the fetch command
         model, params = load_gguf(path, dtype=dtype)
         tokenizer = load_tokenizer(path)
+        if cfg.data.get("prompts", ""):  # your own prompts and judge: the model alone, no built-in task
+            return _own_policy(model, params, tokenizer, path)
         if cfg.task.name != "sentiment":
             raise ValueError("config.task.name: smollm2-135m runs the 'sentiment' task")
         task = SentimentTask(tokenizer, max_new_tokens=cfg.task.max_new_tokens, bt_temperature=cfg.task.bt_temperature)
@@ -96,10 +98,16 @@ def _load_policy(cfg, mesh, rules, pretrained_sft: bool) -> Policy:
     if not cfg.model.path:
         raise ValueError("config.model.path: set a local HF checkpoint folder (or model.name='tiny')")
     model, params = load_pretrained(cfg.model.path, dtype=dtype)
-    tokenizer = load_tokenizer(cfg.model.path)
+    return _own_policy(model, params, load_tokenizer(cfg.model.path), cfg.model.path)
+
+
+def _own_policy(model, params, tokenizer, path: str) -> Policy:
+    """A checkpoint without a built-in task: padding and EOS from its tokenizer."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"config.model.path: the tokenizer of {path} has no eos_token_id")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return Policy(model, params, tokenizer, int(pad_id), int(tokenizer.eos_token_id), None, None,
-                  {"model_path": cfg.model.path})
+                  {"model_path": path})
 
 
 # --- the tiny SFT policy of the built-in task -------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxpref.config import get_base_config
-from jaxpref.infer.judges import HostJudge, OracleJudge, make_judge
+from jaxpref.judges import CountingJudge, HostJudge, OracleJudge, make_judge
 from jaxpref.tasks.intransitive import DEFAULT_CYCLE_PROB, NO_STYLE, IntransitiveJudge, cycle_outcome, response_style
 from jaxpref.tasks.synthetic import BOS, EOS, NUM_SPECIAL, SEP, EchoTask
 
@@ -65,7 +65,8 @@ def test_make_judge_builds_it_from_the_config():
     cfg = get_base_config()
     cfg.judge.kind = "intransitive"
     judge = make_judge(cfg, types.SimpleNamespace(task=TASK), None, None)
-    assert isinstance(judge, HostJudge) and isinstance(judge.inner, IntransitiveJudge)
+    assert isinstance(judge, CountingJudge) and isinstance(judge.inner, HostJudge)
+    assert isinstance(judge.inner.inner, IntransitiveJudge) and not judge.pointwise
     assert judge.cycle_prob == DEFAULT_CYCLE_PROB
     cfg.judge.cycle_prob = 0.25
     assert make_judge(cfg, types.SimpleNamespace(task=TASK), None, None).cycle_prob == 0.25

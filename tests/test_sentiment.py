@@ -102,7 +102,7 @@ def make_preference_pairs(task, model, params, prompts, rng, *, num_samples=2, p
     """``methods.offline.sampled_preference_pairs`` for a policy ``(model, params)`` on ``task``."""
     import types
 
-    from jaxpref.infer.judges import OracleJudge
+    from jaxpref.judges import OracleJudge
     from jaxpref.methods.offline import sampled_preference_pairs
 
     ctx = types.SimpleNamespace(policy=types.SimpleNamespace(task=task), model=model, sft_params=params,

@@ -32,9 +32,13 @@ def evaluate_against_sft(
     model, params, sft_params, prompts: Sequence[Sequence[int]], reward_fn: RewardFn, rng, *,
     eos_id: int, pad_id: int, max_new_tokens: int, batch_size: int,
     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, mesh: Mesh | None = None,
-    prompt_len: int | None = None,
+    prompt_len: int | None = None, prob_fn: Callable | None = None,
 ) -> dict:
     """Samples policy and SFT responses to ``prompts``, judges them, and estimates KL.
+
+    ``reward_fn(prompts, responses) -> [N]`` judges each sample; with a pairwise-only judge pass
+    ``reward_fn=None`` and ``prob_fn(prompts, a, b) -> P(a > b)``: the win rate is then the mean
+    preference of the policy's sample over the SFT one, and there is no mean reward.
 
     Returns a dict with ``num_prompts, win_rate_vs_sft, mean_reward, sft_mean_reward, kl_vs_sft``,
     the mean response length and a few example responses. ``prompt_len``: pad prompts to this
@@ -48,13 +52,18 @@ def evaluate_against_sft(
     length = None if prompt_len is None else prompt_len + max_new_tokens
     sft_logps_of_pol = score_responses(model, sft_params, prompts, pol_resp, pad_id=pad_id, batch_size=batch_size,
                                        mesh=mesh, length=length)
-    pol_r = np.asarray(reward_fn(prompts, pol_resp))
-    sft_r = np.asarray(reward_fn(prompts, sft_resp))
+    if reward_fn is None:
+        prefs = np.asarray(prob_fn(prompts, pol_resp, sft_resp), np.float64)
+        pol_r, sft_r = prefs, 1.0 - prefs
+        rewards = {"win_rate_vs_sft": float(np.mean(prefs))}
+    else:
+        pol_r = np.asarray(reward_fn(prompts, pol_resp))
+        sft_r = np.asarray(reward_fn(prompts, sft_resp))
+        rewards = {"win_rate_vs_sft": win_rate(pol_r, sft_r), "mean_reward": float(np.mean(pol_r)),
+                   "sft_mean_reward": float(np.mean(sft_r))}
     return {
         "num_prompts": len(prompts),
-        "win_rate_vs_sft": win_rate(pol_r, sft_r),
-        "mean_reward": float(np.mean(pol_r)),
-        "sft_mean_reward": float(np.mean(sft_r)),
+        **rewards,
         "kl_vs_sft": float(np.mean(pol_logps - sft_logps_of_pol)),
         "mean_response_tokens": float(np.mean([len(r) for r in pol_resp])),
         "examples": [

@@ -75,22 +75,30 @@ def score_responses(model, params, prompts: TokenLists, responses: TokenLists, *
     return np.concatenate(out)
 
 
-def reward_model_scores(model, params, prompts: TokenLists, responses: TokenLists, *, pad_id: int,
-                        batch_size: int = 256, mesh: Mesh | None = None) -> np.ndarray:
-    """``[N]`` float64 scores of a ``models.RewardModel`` on ``prompt + response`` rows."""
-    length = padded_length(prompts, responses)
+def sequence_scores(model, params, sequences: TokenLists, *, pad_id: int, batch_size: int = 256,
+                    mesh: Mesh | None = None) -> np.ndarray:
+    """``[N]`` float64 scores of a ``models.RewardModel`` on whole token sequences, right-padded to
+    one bucketed length (``default_buckets``) for the call: one compile per length."""
+    longest = max(len(s) for s in sequences)
+    length = bucket_length(longest, default_buckets(max(longest, 16)))
 
     def rows(idx, share):
         idx = idx[share]
-        ids, attn, _ = pad_sequences([prompts[i] for i in idx], [responses[i] for i in idx], length=length,
-                                     pad_id=pad_id)
+        ids, attn, _ = pad_sequences([sequences[i] for i in idx], [[] for _ in idx], length=length, pad_id=pad_id)
         return ids, attn
 
     out = []
-    for _, n_real, scores in map_batches(lambda b, _: _reward_scores(model, params, *b), len(prompts), batch_size,
+    for _, n_real, scores in map_batches(lambda b, _: _reward_scores(model, params, *b), len(sequences), batch_size,
                                          rows, mesh=mesh):
         out.append(scores[:n_real])
     return np.concatenate(out).astype(np.float64)
+
+
+def reward_model_scores(model, params, prompts: TokenLists, responses: TokenLists, *, pad_id: int,
+                        batch_size: int = 256, mesh: Mesh | None = None) -> np.ndarray:
+    """``[N]`` float64 scores of a ``models.RewardModel`` on ``prompt + response`` rows."""
+    return sequence_scores(model, params, [list(p) + list(r) for p, r in zip(prompts, responses)], pad_id=pad_id,
+                           batch_size=batch_size, mesh=mesh)
 
 
 def reference_logps_of(model, ref_params, data: TrainingSet, names: tuple[str, ...], *, pad_id: int,

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxpref.config import ConfigError
 from jaxpref.infer.evaluation import evaluate_against_sft
 from jaxpref.infer.sampling import sample_k
 from jaxpref.infer.scoring import score_responses
@@ -28,7 +29,7 @@ class Context:
       cfg: the job config.
       policy: the starting policy (its params on the mesh are ``sft_params``).
       model: the module being trained (the policy's, or a reward model's).
-      judge: the job's judge (``infer.judges``) or None.
+      judge: the job's judge (``jaxpref.judges``, counting its calls) or None.
       mesh: the device mesh.
       sft_params: the starting policy's params, on the mesh.
       buckets: the padded lengths of the job's bucketed batches.
@@ -37,6 +38,8 @@ class Context:
       state: the method's own JSON-able state; checkpointed with every round.
       history: one record per finished round (``run_rounds``).
       scratch: per-run values that are not checkpointed (e.g. held-out data).
+      prompts: the job's own prompt dataset (``config.data.prompts``: ``data.prompts.PromptData``),
+        or None: prompts come from the built-in task.
     """
 
     cfg: Any
@@ -51,6 +54,7 @@ class Context:
     state: dict = dataclasses.field(default_factory=dict)
     history: list = dataclasses.field(default_factory=list)
     scratch: dict = dataclasses.field(default_factory=dict)
+    prompts: Any = None
 
     @property
     def pad_id(self) -> int:
@@ -63,15 +67,43 @@ class Context:
     # --- prompts ---------------------------------------------------------------------------
 
     def train_prompts(self, n: int, *, round_index: int = 0) -> list[list[int]]:
-        """Fresh training prompts for a round (a seed stream disjoint from the eval prompts)."""
+        """Training prompts of a round: the ``round_index``-th ``n`` of a seeded stream of shuffled
+        passes over ``config.data.prompts`` (every prompt once before any repeats), else fresh ones
+        of the built-in task (a seed stream disjoint from the eval prompts)."""
+        if self.prompts is not None:
+            from jaxpref.data.prompts import draw
+
+            pool = self.prompts.train.ids
+            return [list(pool[i]) for i in draw(len(pool), self.cfg.seed, round_index * n, n)]
+        if self.policy.task is None:
+            raise ConfigError("config.data.prompts: an online job on your own model needs a prompt dataset")
         return self.policy.task.train_prompts(self.cfg.seed * 1000 + round_index, n)
 
     def eval_prompts(self, n: int) -> list[list[int]]:
+        """``n`` held-out prompts (repeated when there are fewer)."""
+        if self.prompts is not None:
+            from jaxpref.data.prompts import draw
+
+            if self.prompts.eval is None:
+                raise ConfigError("config.data.eval_prompts: no held-out prompts to evaluate on (set it, add an "
+                                  "eval_split to data.prompts, or raise data.eval_fraction)")
+            pool = self.prompts.eval.ids
+            return [list(pool[i]) for i in draw(len(pool), self.cfg.seed + 1, 0, n)]
         return self.policy.task.eval_prompts(self.cfg.seed, n)
 
     @property
+    def can_evaluate(self) -> bool:
+        """There are held-out prompts and a reward to judge them by."""
+        if self.prompts is not None:
+            return self.prompts.eval is not None and self.judge is not None
+        return self.policy.task is not None
+
+    @property
     def max_prompt_tokens(self) -> int | None:
-        """The longest prompt the job's task can draw (None when the task does not say)."""
+        """The longest prompt the job can draw (None when the task does not say)."""
+        if self.prompts is not None:
+            parts = [p for p in (self.prompts.train, self.prompts.eval) if p is not None]
+            return max(p.max_tokens for p in parts)
         return getattr(self.policy.task, "max_prompt_tokens", None)
 
     def shapes(self, prompts) -> tuple[int, int]:
@@ -104,7 +136,12 @@ class Context:
                                length=length).reshape(len(prompts), k)
 
     def rewards(self, prompts, responses: list[list[list[int]]]) -> np.ndarray:
-        """The judge's pointwise rewards ``[n, K]`` of K responses per prompt."""
+        """``[n, K]`` scores of K responses per prompt: the judge's rewards, or for a pairwise-only
+        judge each response's estimated win rate against the other K - 1 (``preference_matrix``)."""
+        if not getattr(self.judge, "pointwise", True):
+            from jaxpref.judges.base import preference_matrix
+
+            return preference_matrix(self.judge, prompts, responses).mean(axis=-1)
         k = len(responses[0])
         flat_p = [p for p in prompts for _ in range(k)]
         return self.judge.rewards(flat_p, [y for ys in responses for y in ys]).reshape(len(prompts), k)
@@ -114,24 +151,38 @@ class Context:
     def evaluate(self, params, num_prompts: int, rng_offset: int = 0) -> dict:
         """Win rate against the starting policy, mean reward and KL on held-out prompts."""
         e = self.cfg.eval
+        reward_fn, prob_fn = self.judge_rewards, None
+        if reward_fn is None:
+            prob_fn = self._eval_judge().prob
         return evaluate_against_sft(
-            self.model, params, self.sft_params, self.eval_prompts(num_prompts), self.judge_rewards,
+            self.model, params, self.sft_params, self.eval_prompts(num_prompts), reward_fn,
             jax.random.PRNGKey(self.cfg.seed + 10_000 + rng_offset), eos_id=self.eos_id, pad_id=self.pad_id,
             max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, temperature=e.temperature, top_k=e.top_k,
-            top_p=e.top_p, mesh=self.mesh, prompt_len=self.max_prompt_tokens,
+            top_p=e.top_p, mesh=self.mesh, prompt_len=self.max_prompt_tokens, prob_fn=prob_fn,
         )
+
+    def _eval_judge(self):
+        """The job's judge without its call counter (evaluation is not training data)."""
+        return getattr(self.judge, "inner", self.judge)
 
     @property
     def judge_rewards(self):
-        """The evaluation reward: the built-in task's oracle (through the host judge)."""
-        from jaxpref.infer.judges import HostJudge, OracleJudge
+        """The evaluation reward: the built-in task's oracle (through the host judge), or with
+        ``config.data.prompts`` the job's own judge (None when it is pairwise only: evaluation then
+        uses its preferences)."""
+        if self.prompts is None and self.policy.task is not None:
+            from jaxpref.judges import HostJudge, OracleJudge
 
-        return HostJudge(OracleJudge(self.policy.task)).rewards
+            return HostJudge(OracleJudge(self.policy.task)).rewards
+        judge = self._eval_judge()
+        return judge.rewards if getattr(judge, "pointwise", False) else None
 
     def quick_eval(self, params, round_index: int) -> dict:
         """Win rate / reward / KL on ``eval.round_prompts`` held-out prompts (per-round curves)."""
+        if not self.can_evaluate:
+            return {}
         out = self.evaluate(params, self.cfg.eval.round_prompts, rng_offset=1 + round_index)
-        return {k: out[k] for k in ("win_rate_vs_sft", "mean_reward", "kl_vs_sft")}
+        return {k: out[k] for k in ("win_rate_vs_sft", "mean_reward", "kl_vs_sft") if k in out}
 
 
 def plot_curves(path: str, curves: dict[str, list[dict]], *, x: str = "labels", y: str = "win_rate_vs_sft") -> None:

@@ -4,7 +4,9 @@ SPPO and SELM (``config.judge.kind = "reward_model"``, ``config.judge.path``).
 The backbone starts from the starting policy, a zero-initialised scalar ``score`` head reads the
 last real token (``models.RewardModel``), and the loss is ``-log sigmoid(s(x, y_w) - s(x, y_l))``
 over the preference pairs (the ``bradley_terry`` objective): one round on the built-in task's
-pairs (or ``config.data.source``). The model is written to ``<workdir>/reward_model``.
+pairs (or ``config.data.source``). The model is written to ``<workdir>/reward_model`` as a Hugging
+Face ``*ForSequenceClassification`` folder with the policy's tokenizer, which transformers, TRL
+and ``judge.kind=reward_model`` all load.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from jaxpref.data.training_set import TrainingSet
 from jaxpref.infer.scoring import reward_model_scores
 from jaxpref.methods import Method, load_own_data
 from jaxpref.models import init_reward_model
-from jaxpref.models.reward import save_reward_model
+from jaxpref.models.reward import write_reward_model
 from jaxpref.runtime import distributed, sharding
 from jaxpref.train.rounds import Reference, Round
 
@@ -59,7 +61,7 @@ def summarize(ctx, result) -> dict:
     out_dir = os.path.join(ctx.workdir, "reward_model")
     params = sharding.to_host(result.params)  # a collective with several processes
     if distributed.is_main_process():
-        save_reward_model(out_dir, ctx.model, params)
+        write_reward_model(out_dir, ctx.model, params, tokenizer=ctx.policy.tokenizer)
     out = {"job": "reward_model", "steps": sum(r["steps"] for r in result.history),
            "reward_model_path": out_dir, "data": ctx.state.get("data_report")}
     task = ctx.policy.task

@@ -1,6 +1,8 @@
 """SELM: self-exploring language models, optimistic online DPO (Zhang et al. 2024).
 
-Round 1 trains on the offline pairs (DPO, as in the paper). Each later round samples K
+Round 1 trains on offline pairs (DPO, as in the paper): ``config.data.source`` or the built-in
+task's. Without offline pairs (your prompts, ``config.data.prompts``) round 1 is online like the
+others, from the starting policy. Each online round samples K
 responses per prompt from the current policy, ranks them with the judge into (best, worst)
 pairs, draws a greedy response ``y_ref`` from the reference (= the policy at the round's
 start), and trains with ``config.loss``: ``selm`` is
@@ -22,7 +24,7 @@ from jaxpref.checks import POSITIVE_INT
 from jaxpref.config import require
 from jaxpref.data.batches import PairExample
 from jaxpref.data.training_set import TrainingSet
-from jaxpref.methods import Method, check_loss, offline
+from jaxpref.methods import Method, check_loss, load_own_data, offline, training_steps
 from jaxpref.methods.offline import pick_best_worst
 from jaxpref.objectives import PAIR, get_objective
 from jaxpref.train.rounds import Reference, Round
@@ -58,11 +60,8 @@ def make_round(ctx, rnd: int) -> Round | None:
     if rnd >= scfg.rounds:
         return None
     name, reference = f"selm r{rnd + 1}", Reference("round_start")
-    if rnd == 0:
-        pairs = offline.builtin_pairs(ctx)
-        return Round(name, TrainingSet(pairs), first_round_loss(cfg), cfg.num_steps, seed=cfg.seed,
-                     reference=reference, sampled=not offline.is_echo(ctx), shapes=offline.builtin_shapes(ctx),
-                     info={"distinct_samples": None})
+    if rnd == 0 and has_offline_pairs(ctx):
+        return offline_round(ctx, name, reference)
     prompts = ctx.train_prompts(cfg.num_prompts, round_index=rnd)
     responses, _ = ctx.sample(ctx.params, prompts, scfg.num_samples, cfg.seed * 100 + rnd)
     best, worst, keep = pick_best_worst(ctx.rewards(prompts, responses))
@@ -77,6 +76,24 @@ def make_round(ctx, rnd: int) -> Round | None:
     log.info("selm round %d: %d pairs, distinct samples %.3f", rnd + 1, len(pairs), diversity)
     return Round(name, TrainingSet(pairs), cfg.loss, cfg.num_steps, seed=cfg.seed + rnd, reference=reference,
                  sampled=True, shapes=ctx.shapes(prompts), info={"distinct_samples": diversity})
+
+
+def has_offline_pairs(ctx) -> bool:
+    """Round 1 can train on offline pairs: own ones (``data.source``), or the built-in task's when
+    the job does not bring its own prompts."""
+    return bool(ctx.cfg.data.source) or (ctx.policy.task is not None and not ctx.cfg.data.get("prompts", ""))
+
+
+def offline_round(ctx, name: str, reference: Reference) -> Round:
+    cfg = ctx.cfg
+    if cfg.data.source:
+        pairs, ctx.state["data_report"] = load_own_data(cfg, ctx.policy.tokenizer, "paired")
+        return Round(name, TrainingSet(pairs), first_round_loss(cfg), training_steps(cfg, len(pairs)), seed=cfg.seed,
+                     reference=reference, info={"distinct_samples": None})
+    pairs = offline.builtin_pairs(ctx)
+    return Round(name, TrainingSet(pairs), first_round_loss(cfg), cfg.num_steps, seed=cfg.seed,
+                 reference=reference, sampled=not offline.is_echo(ctx), shapes=offline.builtin_shapes(ctx),
+                 info={"distinct_samples": None})
 
 
 def summarize(ctx, result) -> dict:

@@ -21,26 +21,13 @@ from jaxpref.checks import POSITIVE_INT
 from jaxpref.config import require
 from jaxpref.data.batches import PairExample
 from jaxpref.data.training_set import TrainingSet
+from jaxpref.judges.base import preference_matrix
 from jaxpref.methods import Method, check_loss
 from jaxpref.methods.offline import pick_best_worst
 from jaxpref.objectives import PAIR
 from jaxpref.train.rounds import Reference, Round
 
 log = logging.getLogger("jaxpref")
-
-
-def preference_matrix(judge, prompts, responses: list[list[list[int]]]) -> np.ndarray:
-    """``[n, K, K]`` with ``P[b, i, j] = P(y_i > y_j | x_b)`` and ``P[b, i, i] = 1/2``."""
-    n, k = len(prompts), len(responses[0])
-    ii, jj = np.triu_indices(k, 1)
-    flat_p = [prompts[b] for b in range(n) for _ in ii]
-    y1 = [responses[b][i] for b in range(n) for i in ii]
-    y2 = [responses[b][j] for b in range(n) for j in jj]
-    upper = np.asarray(judge.prob(flat_p, y1, y2), np.float64).reshape(n, len(ii))
-    mat = np.full((n, k, k), 0.5)
-    mat[:, ii, jj] = upper
-    mat[:, jj, ii] = 1.0 - upper
-    return mat
 
 
 def win_rate_estimates(pref: np.ndarray) -> np.ndarray:

@@ -60,6 +60,8 @@ class IntransitiveJudge:
       cycle_prob: ``p`` in [0, 1], the weight of the style cycle.
     """
 
+    pointwise = False
+
     def __init__(self, task: EchoTask, *, cycle_prob: float = DEFAULT_CYCLE_PROB):
         if not 0.0 <= cycle_prob <= 1.0:
             raise ValueError(f"cycle_prob must be in [0, 1], got {cycle_prob}")

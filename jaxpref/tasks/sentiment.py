@@ -81,6 +81,51 @@ def all_prompts() -> list[str]:
     return sorted(texts)
 
 
+def prompt_split(split_seed: int = 0, eval_fraction: float = 0.2) -> tuple[list[int], list[int]]:
+    """``(train, eval)`` indices into ``all_prompts()`` (disjoint, covering it)."""
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    n = len(all_prompts())
+    order = np.random.default_rng([split_seed, 0]).permutation(n)
+    n_eval = max(1, round(eval_fraction * n))
+    return sorted(order[n_eval:].tolist()), sorted(order[:n_eval].tolist())
+
+
+def write_prompt_files(folder: str) -> dict[str, int]:
+    """The task's prompts as a prompt dataset (``config.data.prompts``): ``train.jsonl`` and
+    ``test.jsonl`` with one ``{"prompt": ...}`` per line, the same split as ``SentimentTask``.
+    Returns the row count of each file."""
+    import json
+    import os
+
+    texts = all_prompts()
+    os.makedirs(folder, exist_ok=True)
+    counts = {}
+    for name, idx in zip(("train", "test"), prompt_split()):
+        with open(os.path.join(folder, f"{name}.jsonl"), "w") as f:
+            for i in idx:
+                f.write(json.dumps({"prompt": texts[i]}) + "\n")
+        counts[name] = len(idx)
+    return counts
+
+
+_ANALYZER = None
+
+
+def vader_reward(prompts: Sequence[Any], completions: Sequence[str]) -> list[float]:
+    """The VADER compound score in ``[-1, 1]`` of each completion: the task's reward as a TRL-style
+    reward function, for ``judge.kind=function`` with
+    ``judge.function="jaxpref.tasks.sentiment:vader_reward"``."""
+    global _ANALYZER
+    if _ANALYZER is None:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        _ANALYZER = SentimentIntensityAnalyzer()
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    return [float(_ANALYZER.polarity_scores(c)["compound"]) for c in completions]
+
+
 def _sigmoid(x: Any) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))  # no overflow for large |x|
 
@@ -139,9 +184,7 @@ class SentimentTask:
 
     def split(self) -> tuple[list[int], list[int]]:
         """``(train, eval)`` indices into the prompt pool (disjoint, covering it)."""
-        order = np.random.default_rng([self.split_seed, 0]).permutation(len(self._texts))
-        n_eval = max(1, round(self.eval_fraction * len(order)))
-        return sorted(order[n_eval:].tolist()), sorted(order[:n_eval].tolist())
+        return prompt_split(self.split_seed, self.eval_fraction)
 
     def train_prompts(self, seed: int, n: int) -> list[list[int]]:
         """``n`` training prompts (token ids), repeating the train split only when ``n`` exceeds it."""
@@ -175,3 +218,11 @@ class SentimentTask:
     def preference_probs(self, rewards_1: np.ndarray, rewards_2: np.ndarray) -> np.ndarray:
         """Bradley-Terry ``P(y1 > y2)`` from reward arrays (any shape)."""
         return _sigmoid((np.asarray(rewards_1) - np.asarray(rewards_2)) / self.bt_temperature)
+
+
+if __name__ == "__main__":  # python -m jaxpref.tasks.sentiment DIR: write the prompt files
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m jaxpref.tasks.sentiment OUTPUT_DIR")
+    print(write_prompt_files(sys.argv[1]))
