@@ -150,6 +150,10 @@ def get_base_config() -> ml_collections.ConfigDict:
         dict(kind="oracle", path="", function="", weights="", temperature=1.0, max_length=1024)
     )
     c.export_dir = ""  # if set, the trained policy is written there in HF format
+    # LoRA (jaxpref.models.lora, through qwix): rank 0 trains every param; rank r > 0 trains only
+    # adapters on lora.targets, the reference is the base with the adapters off (or init_from's).
+    c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets="all", init_from=""))
+    c.export_adapter_dir = ""  # with LoRA: the adapters as a PEFT folder
 
     # Device mesh (jaxpref.runtime.sharding): sizes of the data / fsdp / tensor axes, one may be -1
     # (the remaining devices). rules: a preset of RULE_PRESETS (fsdp | tensor | fsdp_tensor) or a
@@ -231,12 +235,15 @@ CHECKS: dict[str, Check] = {
     "judge.kind": Check(str), "judge.path": Check(str), "judge.function": Check(str), "judge.weights": Check(str),
     "judge.temperature": POSITIVE, "judge.max_length": Check(int, low=2),
     "data.prompts": Check(str), "data.eval_prompts": Check(str), "export_dir": Check(str),
+    "lora.rank": NON_NEGATIVE_INT, "lora.alpha": POSITIVE, "lora.dropout": Check(float, low=0.0, high=0.999),
+    "lora.targets": Check(str), "lora.init_from": Check(str), "export_adapter_dir": Check(str),
 }
 
 
 # Keys that may change when a run resumes: how long it trains, what it logs and exports, where it
 # runs. Any other difference from the checkpoint's config is refused (``config_changes``).
 RESUMABLE = ("num_steps", "num_epochs", "log_every", "checkpoint_every", "keep_checkpoints", "export_dir",
+             "export_adapter_dir",
              "save_optimizer_state", "overwrite", "on_nonfinite", "max_consecutive_skips", "eval", "mesh",
              "distributed", "sft.cache_dir", "sampling.batch_size")
 
@@ -314,12 +321,32 @@ def validate_config(cfg, objectives: Iterable[str] = ()) -> None:
         require(cfg.ref_update_alpha > 0, "ref_update_alpha", "must be > 0 when ref_update_every > 0")
     require(cfg.data.max_prompt_length < cfg.data.max_length, "data.max_prompt_length",
             "must satisfy 0 < max_prompt_length < max_length")
+    if "lora" in cfg:
+        _check_lora(cfg)
     if cfg.model.name == "tiny":
         m = cfg.model
         require(m.hidden_size % m.num_heads == 0, "model.num_heads", "must divide model.hidden_size")
         require(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", "must divide model.num_heads")
         require((m.hidden_size // m.num_heads) % 2 == 0, "model.num_heads",
                 "hidden_size / num_heads (the head dim) must be even for RoPE")
+
+
+def _check_lora(cfg) -> None:
+    from jaxpref.models.lora import LoraSpec, parse_targets
+
+    lo = cfg.lora
+    if lo.rank == 0 and not lo.init_from:
+        require(not cfg.get("export_adapter_dir", ""), "export_adapter_dir",
+                "needs LoRA (set lora.rank or lora.init_from)")
+        return
+    require(cfg.job not in ("reward_model", "sft"), "lora.rank", f"LoRA is for policy training, not job {cfg.job!r}")
+    if lo.init_from:
+        require(os.path.isdir(lo.init_from), "lora.init_from", f"{lo.init_from!r} is not a folder")
+        return  # rank, alpha and targets come from the adapter's own config
+    try:
+        LoraSpec(lo.rank, lo.alpha, lo.dropout, parse_targets(lo.targets))
+    except ValueError as exc:
+        raise ConfigError(f"config.{exc}") from None  # "lora.targets: unknown [...]"
 
 
 def _check_loss_combination(cfg, rows) -> None:
@@ -412,6 +439,12 @@ HELP: dict[str, str] = {
     "data.prompts": "online methods: your prompts (file / folder / save_to_disk / hub name; a 'prompt' column)",
     "data.eval_prompts": "held-out prompts (default: data.prompts' eval_split, else eval_fraction of it)",
     "export_dir": "write the trained policy there in Hugging Face format",
+    "lora.rank": "LoRA rank (0: full fine-tuning); only the adapters train, the reference is the base",
+    "lora.alpha": "LoRA scale numerator: the update is (alpha / rank) * A B",
+    "lora.dropout": "dropout on the LoRA branch's input during training",
+    "lora.targets": "projections with adapters: all | comma-separated q,k,v,o,gate,up,down (or q_proj, ...)",
+    "lora.init_from": "start from a PEFT LoRA adapter folder (its rank, alpha and targets; the reference keeps it)",
+    "export_adapter_dir": "with LoRA: write the adapters there as a PEFT folder (PeftModel.from_pretrained)",
     "mesh.data": "devices on the data axis (-1: the rest)", "mesh.fsdp": "devices on the fsdp axis (-1: the rest)",
     "mesh.tensor": "devices on the tensor axis (-1: the rest)",
     "mesh.rules": "logical -> mesh axis rules: fsdp | tensor | fsdp_tensor, or a list of pairs",

@@ -33,8 +33,9 @@ from jaxpref.data.preference import BadRowError
 from jaxpref.judges import TextView, make_judge
 from jaxpref.methods import Method, get_method
 from jaxpref.methods.context import Context
+from jaxpref.models import lora
 from jaxpref.objectives import objective_of
-from jaxpref.policy import resolve_policy
+from jaxpref.policy import lora_start, resolve_policy
 from jaxpref.runtime import distributed, sharding
 from jaxpref.runtime.checkpointing import Checkpointer, CheckpointError, sync_processes
 from jaxpref.runtime.metrics_log import MetricsLogger, read_metrics
@@ -106,11 +107,14 @@ def setup(cfg, workdir: str) -> Job:
     max_length = policy.task.max_length if policy.task is not None and prompts is None else cfg.data.max_length
     buckets = tuple(default_buckets(max_length))
     logger = MetricsLogger(workdir)
+    adapters = lora_start(cfg, params)  # None without LoRA
     trainer = Trainer(model=model, start_params=params, cfg=cfg, mesh=mesh, rules=rules, pad_id=policy.pad_id,
-                      buckets=buckets, logger=logger, checkpointer=ckpt, round_dir=os.path.join(workdir, "rounds"))
+                      buckets=buckets, logger=logger, checkpointer=ckpt, round_dir=os.path.join(workdir, "rounds"),
+                      lora=adapters)
     sft_params = trainer.start_params if model is policy.model else jax.device_put(
         policy.params, sharding.param_shardings(policy.params, mesh, rules))
-    ctx = Context(cfg, policy, model, judge, mesh, sft_params, buckets=buckets, workdir=workdir, prompts=prompts)
+    ctx = Context(cfg, policy, model, judge, mesh, sft_params, buckets=buckets, workdir=workdir, prompts=prompts,
+                  lora=trainer.lora)
     return Job(cfg, workdir, method, ctx, trainer, logger, ckpt)
 
 
@@ -221,7 +225,15 @@ def _run(cfg, workdir: str) -> dict:
         for key in ("prompt", "policy", "sft"):
             example[f"{key}_text"] = policy.tokenizer.decode(example[key], skip_special_tokens=False)
     summary["wall_seconds"] = time.perf_counter() - t_start
-    export_params = sharding.to_host(result.params) if cfg.export_dir else None  # a collective: every process
+    if ctx.lora is not None:
+        adapters, _ = lora.split(result.params)
+        summary["lora"] = {"rank": ctx.lora.rank, "alpha": ctx.lora.alpha, "targets": list(ctx.lora.targets),
+                           "trainable_params": lora.count(adapters), "base_params": lora.count(ctx.sft_params)}
+    # collectives: every process gathers
+    export_params = sharding.to_host(ctx.plain(result.params)) if cfg.export_dir else None
+    export_adapters = None
+    if cfg.get("export_adapter_dir", ""):
+        export_adapters = sharding.to_host(lora.split(result.params)[0])
     if distributed.is_main_process():
         write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
         plot_training_curves(workdir)
@@ -230,6 +242,9 @@ def _run(cfg, workdir: str) -> dict:
 
             save_pretrained(ctx.model, export_params, cfg.export_dir)
             policy.tokenizer.save_pretrained(cfg.export_dir)
+        if export_adapters is not None:
+            lora.write_peft_adapter(cfg.export_adapter_dir, export_adapters, ctx.lora,
+                                    base_model=policy.info.get("model_path", ""))
     log.info("summary: %s", json.dumps({k: v for k, v in summary.items()
                                         if k not in ("examples", "rounds", "iterations", "curves")}))
     return summary

@@ -211,3 +211,26 @@ def load_or_train_sft(task: EchoTask, model_cfg, sft_cfg, seed: int, mesh, rules
     return model, jax.device_put(params), {
         "sft_cache": path, "sft_cached": False, "sft_seconds": time.perf_counter() - t0, "sft_final_loss": final_loss,
     }
+
+
+def lora_start(cfg, params):
+    """``(LoraSpec, adapters, fresh)`` of a LoRA job (``config.lora``), or None without LoRA:
+    the adapters of ``lora.init_from`` (a PEFT folder; its rank, alpha and targets) or fresh ones
+    (``A`` He-uniform from ``config.seed``, ``B`` zero) for the host or device ``params``."""
+    lo = cfg.get("lora")
+    if lo is None or (lo.rank == 0 and not lo.init_from):
+        return None
+    from jaxpref.models import lora
+
+    if lo.init_from:
+        spec, adapters = lora.read_peft_adapter(lo.init_from, params)
+        if lo.dropout != spec.dropout:
+            spec = dataclasses.replace(spec, dropout=float(lo.dropout))
+        log.info("LoRA from %s: rank %d, alpha %g, targets %s", lo.init_from, spec.rank, spec.alpha,
+                 ",".join(spec.targets))
+        return spec, adapters, False
+    spec = lora.LoraSpec(int(lo.rank), float(lo.alpha), float(lo.dropout), lora.parse_targets(lo.targets))
+    adapters = jax.jit(lambda p: lora.init_adapters(p, spec, jax.random.PRNGKey(cfg.seed)))(params)
+    log.info("LoRA: rank %d, alpha %g, targets %s: %d trainable params of %d", spec.rank, spec.alpha,
+             ",".join(spec.targets), lora.count(adapters), lora.count(params))
+    return spec, adapters, True

@@ -7,7 +7,8 @@ process:
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/online_mesh_driver.py \\
         --out=DIR --sft-cache=C --meshes=8,1,1 --meshes=2,2,2 --meshes=1,4,2
 
-Every job is ``jaxpref.main.run`` of ``configs/<method>.py`` at toy sizes with ``log_every=1``.
+Every job is ``jaxpref.main.run`` of ``configs/<method>.py`` at toy sizes with ``log_every=1``
+(``selm_lora``: SELM training LoRA adapters, adapters replicated, base sharded).
 ``DIR/<mesh>.json`` holds, per method, every logged training loss (``metrics.jsonl``) and the
 final policy's greedy responses to fixed held-out prompts, decoded on the same mesh.
 """
@@ -32,12 +33,14 @@ METHODS = {
     "rso": {"rso.num_samples": 4, "rso.num_accept": 4},
     "active_dpo": {"active.acquisitions": 2, "active.labels_per_step": 16, "active.pool_size": 16,
                    "active.num_samples": 4, "active.strategies": "hybrid", "active.epochs": 0},
+    "selm_lora": {"selm.rounds": 2, "lora.rank": 4, "lora.alpha": 8.0, "optimizer.learning_rate": 3e-3},
 }
+CONFIGS = {"selm_lora": "selm"}  # job name -> configs/<name>.py when they differ
 
 
 def job_config(method: str, sft_cache: str, mesh: tuple[int, int, int]):
     """A toy config of ``method`` on ``mesh``: every batch 16 (divisible by data * fsdp up to 8)."""
-    cfg = tiny_online(method, sft_cache, **METHODS[method])
+    cfg = tiny_online(CONFIGS.get(method, method), sft_cache, **METHODS[method])
     cfg.num_prompts, cfg.num_steps, cfg.batch_size, cfg.log_every = 16, 3, 16, 1
     cfg.sampling.batch_size = cfg.eval.batch_size = 16
     cfg.eval.num_prompts = cfg.eval.round_prompts = 16

@@ -63,7 +63,7 @@ def mesh_runs(tmp_path_factory, toy_sft):
 
 
 @pytest.mark.parametrize("mesh", MESHES)
-@pytest.mark.parametrize("method", ["selm", "sppo", "rso", "active_dpo"])
+@pytest.mark.parametrize("method", ["selm", "sppo", "rso", "active_dpo", "selm_lora"])
 def test_online_method_on_mesh_matches_one_device(mesh_runs, mesh, method):
     one, sharded = mesh_runs["1,1,1"][method], mesh_runs[mesh][method]
     assert sharded["mesh"] == dict(zip(("data", "fsdp", "tensor"), map(int, mesh.split(","))))

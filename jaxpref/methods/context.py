@@ -40,6 +40,8 @@ class Context:
       scratch: per-run values that are not checkpointed (e.g. held-out data).
       prompts: the job's own prompt dataset (``config.data.prompts``: ``data.prompts.PromptData``),
         or None: prompts come from the built-in task.
+      lora: the job's ``models.lora.LoraSpec`` or None. With LoRA, ``params`` is the base params with
+        the adapter leaves added (``models.lora.combine``); the helpers below merge them first.
     """
 
     cfg: Any
@@ -55,6 +57,18 @@ class Context:
     history: list = dataclasses.field(default_factory=list)
     scratch: dict = dataclasses.field(default_factory=dict)
     prompts: Any = None
+    lora: Any = None
+
+    def plain(self, params):
+        """``params`` with any LoRA adapters folded into the kernels (``models.lora.merge``), on the mesh."""
+        from jaxpref.models import lora
+
+        if self.lora is None or not lora.has_adapters(params):
+            return params
+        if "merge" not in self.scratch:  # laid out as the starting policy
+            out = jax.tree.map(lambda x: x.sharding, self.sft_params)
+            self.scratch["merge"] = jax.jit(lambda p: lora.merge(p, self.lora), out_shardings=out)
+        return self.scratch["merge"](params)
 
     @property
     def pad_id(self) -> int:
@@ -116,7 +130,7 @@ class Context:
 
     def sample(self, params, prompts, k: int, seed: int, *, temperature: float | None = None):
         """``k`` responses per prompt from ``params``: ``(responses[n][k], model_logps[n, k])``."""
-        return sample_k(self.model, params, prompts, k, jax.random.PRNGKey(seed), pad_id=self.pad_id,
+        return sample_k(self.model, self.plain(params), prompts, k, jax.random.PRNGKey(seed), pad_id=self.pad_id,
                         eos_id=self.eos_id, sampling=self.cfg.sampling, mesh=self.mesh, temperature=temperature,
                         prompt_len=self.max_prompt_tokens)
 
@@ -131,7 +145,7 @@ class Context:
         flat_p = [p for p in prompts for _ in range(k)]
         flat_r = [y for ys in responses for y in ys]
         length = None if self.max_prompt_tokens is None else self.max_prompt_tokens + self.cfg.sampling.max_new_tokens
-        return score_responses(self.model, params, flat_p, flat_r, pad_id=self.pad_id,
+        return score_responses(self.model, self.plain(params), flat_p, flat_r, pad_id=self.pad_id,
                                batch_size=self.cfg.sampling.batch_size, mesh=self.mesh,
                                length=length).reshape(len(prompts), k)
 
@@ -155,7 +169,7 @@ class Context:
         if reward_fn is None:
             prob_fn = self._eval_judge().prob
         return evaluate_against_sft(
-            self.model, params, self.sft_params, self.eval_prompts(num_prompts), reward_fn,
+            self.model, self.plain(params), self.sft_params, self.eval_prompts(num_prompts), reward_fn,
             jax.random.PRNGKey(self.cfg.seed + 10_000 + rng_offset), eos_id=self.eos_id, pad_id=self.pad_id,
             max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, temperature=e.temperature, top_k=e.top_k,
             top_p=e.top_p, mesh=self.mesh, prompt_len=self.max_prompt_tokens, prob_fn=prob_fn,

@@ -201,7 +201,7 @@ def summarize(ctx, result) -> dict:
     if held_out:
         kw = dict(pad_id=ctx.pad_id, buckets=ctx.buckets, batch_size=cfg.batch_size, beta=cfg.beta, mesh=ctx.mesh)
         evaluate = held_out_preference_accuracy if get_objective(cfg.loss).paired else held_out_kto_separation
-        out.update(evaluate(ctx.model, result.params, ctx.sft_params, held_out, **kw))
+        out.update(evaluate(ctx.model, ctx.plain(result.params), ctx.sft_params, held_out, **kw))
         out["held_out_from"] = dataset(ctx)["report"].get("held_out_from")
         n = out.get("held_out_pairs", out.get("held_out_examples", 0))
         if n < 100:

@@ -548,6 +548,8 @@ def param_logical_axes(path: tuple[str, ...]) -> tuple[str | None, ...]:
     a reward model's ``backbone/...`` params are named as the LM's."""
     if path[0] == "backbone":
         return param_logical_axes(path[1:])
+    if path[0] == "layers" and path[-1] in ("kernel_lora_a", "kernel_lora_b"):
+        return ("layers", None, None)  # LoRA adapters (models.lora), [L, d_in, r] / [L, r, d_out]: replicated
     if path[0] == "layers" and path[1:] in _LAYER_AXES:
         return ("layers",) + _LAYER_AXES[path[1:]]
     if path in _TOP_LEVEL_AXES:

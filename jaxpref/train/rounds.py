@@ -133,10 +133,17 @@ class Trainer:
       logger: a ``MetricsLogger`` (or None).
       checkpointer: where rounds are checkpointed (or None: no checkpoints).
       round_dir: folder for the sampled rounds' data (``<workdir>/rounds``), if checkpointing.
+      lora: ``(LoraSpec, adapters, fresh)`` to train LoRA adapters on the frozen ``start_params``
+        (``policy.lora_start``; ``fresh``: the adapters are a new init, i.e. the identity), or None.
+
+    With LoRA the state's params (and reference) are adapters only, the step reads the base as
+    an argument, a round's ``params`` are ``models.lora.combine(base, adapters)``, and the
+    starting policy (the reference of a frozen or precomputed reference) is the base with the
+    starting adapters: "adapters off" when they are fresh, so no second copy of the weights.
     """
 
     def __init__(self, *, model, start_params, cfg, mesh, rules, pad_id: int, buckets, logger=None,
-                 checkpointer: Checkpointer | None = None, round_dir: str | None = None):
+                 checkpointer: Checkpointer | None = None, round_dir: str | None = None, lora=None):
         self.model, self.cfg, self.mesh, self.rules = model, cfg, mesh, rules
         self.pad_id, self.buckets = pad_id, tuple(buckets)
         self.logger, self.checkpointer, self.round_dir = logger, checkpointer, round_dir
@@ -145,6 +152,14 @@ class Trainer:
         self.config_record = as_record(cfg) if hasattr(cfg, "to_json_best_effort") else None
         self.param_shardings = sharding.param_shardings(start_params, mesh, rules)
         self.start_params = jax.device_put(start_params, self.param_shardings)
+        self.lora = None if lora is None else lora[0]
+        self.trainable_start = self.start_params  # what the optimizer trains from: params or adapters
+        if lora is not None:
+            from jaxpref.models.lora import lora_model
+
+            spec, adapters, self.fresh_adapters = lora
+            self.trainable_start = jax.device_put(adapters, sharding.param_shardings(adapters, mesh, rules))
+            self.lora_models = (lora_model(model, spec), lora_model(model, spec, dropout=0.0))
         self._layouts: dict[bool, tuple[TrainState, Any]] = {}
         self._steps: dict[tuple, CompileAhead] = {}
 
@@ -155,7 +170,7 @@ class Trainer:
         if with_reference not in self._layouts:
             abstract = jax.eval_shape(
                 lambda p: create_train_state(p, self.tx, rng=jax.random.PRNGKey(0), with_reference=with_reference),
-                self.start_params)
+                self.trainable_start)
             shardings = train_state_shardings(abstract, self.tx, self.mesh, self.rules)
             self._layouts[with_reference] = (shardings, state_factory(self.tx, shardings,
                                                                       with_reference=with_reference))
@@ -167,11 +182,15 @@ class Trainer:
         if key not in self._steps:
             objective = objective_of(self.cfg, objective_name)
             shardings, _ = self.layout(with_reference)
+            lora = self.lora is not None
             step = make_train_step(self.model, objective, hparams_of(self.cfg, objective), self.tx,
                                    ref_update_every=every, ref_update_alpha=alpha,
-                                   grad_accum_steps=self.cfg.get("grad_accum_steps", 1))
+                                   grad_accum_steps=self.cfg.get("grad_accum_steps", 1),
+                                   lora_models=self.lora_models if lora else None,
+                                   lora_dropout=lora and self.lora.dropout > 0)
             options = train_compiler_options(self.model.config.hidden_size)
-            self._steps[key] = CompileAhead(sharding.jit_train_step(step, shardings, self.mesh, options))
+            self._steps[key] = CompileAhead(sharding.jit_train_step(
+                step, shardings, self.mesh, options, base_shardings=self.param_shardings if lora else None))
         return self._steps[key]
 
     def new_state(self, params, ref_params, *, with_reference: bool, step: int, total: int, seed: int) -> TrainState:
@@ -184,7 +203,7 @@ class Trainer:
         shardings, _ = self.layout(with_reference)
         abstract = jax.eval_shape(
             lambda p: create_train_state(p, self.tx, rng=jax.random.PRNGKey(0), with_reference=with_reference),
-            self.start_params)
+            self.trainable_start)
         return sharding.with_shardings(abstract, shardings)
 
     # --- a round ------------------------------------------------------------------------------
@@ -215,6 +234,9 @@ class Trainer:
         objective = plan["objective"]
         start = self.start_params if rnd.init == "sft" else params
         ref_params = self.start_params if rnd.reference.start == "sft" else start
+        trainable, ref_trainable = start, ref_params
+        if self.lora is not None:
+            trainable, ref_trainable, ref_params = self._lora_round_start(rnd, start)
         data = rnd.data
         names = objective.groups
         packed = fixed_packed_sizes(rnd.shapes) if plan["share_prompt"] and rnd.shapes else None
@@ -238,7 +260,7 @@ class Trainer:
             os.makedirs(os.path.dirname(save_data_to), exist_ok=True)
             data.save(save_data_to)
         if state is None:
-            state = self.new_state(start, ref_params if plan["with_reference"] else None,
+            state = self.new_state(trainable, ref_trainable if plan["with_reference"] else None,
                                    with_reference=plan["with_reference"], step=first_step, total=rnd.steps,
                                    seed=self.cfg.seed + first_step)
         wanted = set(objective.extras) | ({f"ref_{n}" for n in names} if plan["precompute"] else set())
@@ -251,7 +273,8 @@ class Trainer:
             groups = {k: v for k, v in groups.items() if k in names or k == "shared_prompt"}
             idx = stream.local_indices(local)
             batch_extras = {**batch_extras, **{k: v[idx] for k, v in extras.items()}}
-            return sharding.global_batch(groups, self.mesh), sharding.global_batch(batch_extras, self.mesh)
+            batch = sharding.global_batch(groups, self.mesh), sharding.global_batch(batch_extras, self.mesh)
+            return batch if self.lora is None else (*batch, self.start_params)
 
         step_fn = self.step_fn(rnd.objective, plan["with_reference"], rnd.reference.every, rnd.reference.alpha)
         done = int(jax.device_get(state.step)) - first_step
@@ -263,7 +286,36 @@ class Trainer:
             on_nonfinite=self.cfg.get("on_nonfinite", "skip"),
             max_consecutive_skips=self.cfg.get("max_consecutive_skips", 20),
             to_save=lambda s: slim_state(s, self.saved_parts(rnd, plan)))
-        return RoundResult(state.params, stats, data)
+        return RoundResult(self.policy_params(state.params), stats, data)
+
+    def policy_params(self, trained):
+        """The policy a state's params stand for: themselves, or with LoRA the base plus them."""
+        if self.lora is None:
+            return trained
+        from jaxpref.models.lora import combine
+
+        return combine(self.start_params, trained)
+
+    def _lora_round_start(self, rnd: Round, start):
+        """``(adapters, reference adapters, reference params to precompute with)`` of a LoRA round:
+        the round starts from the adapters of ``start`` (the job's starting ones when it holds
+        none, or with ``init="sft"``); a reference at the job's start keeps the starting adapters
+        and, when they are fresh, is scored by the plain base ("adapters off")."""
+        from jaxpref.models.lora import has_adapters, merge, split
+
+        first = rnd.init == "sft" or not has_adapters(start)
+        adapters = self.trainable_start if first else split(start)[0]
+        at_start = rnd.reference.start == "sft" or first
+        ref_adapters = self.trainable_start if at_start else adapters
+        if at_start and self.fresh_adapters:
+            ref_plain = self.start_params
+        else:
+            from jaxpref.models.lora import combine
+
+            if not hasattr(self, "_merge"):  # one compilation per job
+                self._merge = jax.jit(lambda p: merge(p, self.lora), out_shardings=self.param_shardings)
+            ref_plain = self._merge(combine(self.start_params, ref_adapters))
+        return adapters, ref_adapters, ref_plain
 
     def saved_parts(self, rnd: Round, plan: dict) -> dict:
         """What a checkpoint of ``rnd`` holds: ``{"reference": bool, "optimizer": bool}``. A frozen
@@ -284,7 +336,7 @@ class Trainer:
         """A restored (slim) state made whole again: the frozen reference re-attached."""
         if meta["with_reference"] and state.ref_params is None:
             # a copy: the train step donates its state, and the start params must outlive it
-            state = state.replace(ref_params=jax.tree.map(jnp.copy, self.start_params))
+            state = state.replace(ref_params=jax.tree.map(jnp.copy, self.trainable_start))
         if state.loss_state is None:
             state = state.replace(loss_state=jax.device_put(initial_loss_state(), sharding.replicated(self.mesh)))
         return state
@@ -418,7 +470,7 @@ def run_rounds(method, ctx, trainer: Trainer) -> JobResult:
             opt_state = extend_schedule(state.opt_state, extended.steps)
             pending_state, pending_round = state.replace(opt_state=opt_state), extended
         elif meta["round_step"] >= meta["round_steps"]:  # the round had finished
-            ctx.params = state.params
+            ctx.params = trainer.policy_params(state.params)
             if len(ctx.history) == index:  # killed before its record was written
                 ctx.history.append(_record(method, ctx, index, meta["round_spec"], meta["last_metrics"]))
             index, first_step = index + 1, first_step + meta["round_steps"]
@@ -489,5 +541,5 @@ def round_end_params(trainer: Trainer, index: int, checkpointer: Checkpointer | 
         meta = ckpt.read_meta(step)
         if meta.get("round") == index and meta.get("round_step") == meta.get("round_steps"):
             state, _ = ckpt.restore(trainer.restore_template(meta), step)
-            return state.params
+            return trainer.policy_params(state.params)
     raise FileNotFoundError(f"no checkpoint of the end of round {index + 1} in {ckpt.directory}")

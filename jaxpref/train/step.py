@@ -28,7 +28,7 @@ from jaxpref.data.batches import (
     pack_shared_prompt,
 )
 from jaxpref.losses import completion_lengths, counted_token_logps, ld_token_weights, token_logps, wpo_mean_logps
-from jaxpref.models import RewardModel, forward
+from jaxpref.models import RewardModel, forward, lora
 from jaxpref.objectives import LossInputs, Objective, Sequences
 from jaxpref.train.state import TrainState, update_reference
 
@@ -223,8 +223,10 @@ def make_train_step(
     ref_update_every: int = 0,
     ref_update_alpha: float = 1.0,
     grad_accum_steps: int = 1,
-) -> Callable[[TrainState, Groups, Extras], tuple[TrainState, dict[str, jax.Array]]]:
-    """Builds ``step(state, groups, extras) -> (state, metrics)`` (wrap it in ``jax.jit``).
+    lora_models: tuple | None = None,
+    lora_dropout: bool = False,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds ``step(state, groups, extras, base=None) -> (state, metrics)`` (wrap it in ``jax.jit``).
 
     ``hparams``: the values of ``objective.hparams`` (``objectives.hparams_of``). If ``extras``
     holds ``ref_<group>`` arrays for every group, those precomputed reference log-probs are
@@ -237,34 +239,48 @@ def make_train_step(
     terms (not for ``objective.batch_statistic`` losses: KTO's reference point and AOT's sorting are
     then per micro-batch, as in TRL, and BCO's baseline advances per micro-batch). Activation
     memory is that of one micro-batch.
+
+    ``lora_models = (train_model, reference_model)`` (``models.lora.lora_model``, the second without
+    dropout): ``state.params`` (and ``state.ref_params``) are LoRA adapters only, and ``base`` is
+    the frozen base params, an argument of every step (not part of the state: no gradient, no
+    optimizer state, never donated). The policy is ``combine(base, state.params)``, the reference
+    ``combine(base, state.ref_params)``. With ``lora_dropout`` (the train model has dropout) the
+    masks are drawn from ``fold_in(state.rng, state.step)``.
     """
     names = objective.groups
+    train_model, ref_model = lora_models or (model, model)
+    dropout = lora_models is not None and lora_dropout
     hparams = dict(hparams)
     if set(hparams) != set(objective.hparams):
         raise ValueError(f"hparams {sorted(hparams)} do not match the objective's {sorted(objective.hparams)}")
     scoring = scoring_of(hparams, objective)
 
-    def loss_fn(params, ref, groups, extras, loss_state):
-        policy = sequence_scores(model, params, groups, names, scoring)
+    def full(params, base):
+        return params if base is None else lora.combine(base, params)
+
+    def loss_fn(params, ref, groups, extras, loss_state, base, rng):
+        m = _WithRngs(train_model, {"dropout": rng}) if dropout else train_model
+        policy = sequence_scores(m, full(params, base), groups, names, scoring)
         return batch_loss(objective, hparams, policy, ref, groups, extras, loss_state)
 
-    def loss_and_grads(state: TrainState, groups: Groups, extras: Extras, loss_state):
+    def loss_and_grads(state: TrainState, groups: Groups, extras: Extras, loss_state, base):
         """One batch (or micro-batch): ``(loss, (LossOutput, policy, ref), grads)``."""
         ref = {}
         if objective.needs_reference:
             if all(f"ref_{n}" in extras for n in names):
                 ref = {n: extras[f"ref_{n}"] for n in names}
             else:
-                ref = reference_logps(model, state.ref_params, groups, names, scoring)
+                ref = reference_logps(ref_model, full(state.ref_params, base), groups, names, scoring)
+        rng = jax.random.fold_in(state.rng, state.step) if dropout else None
         (loss, (out, policy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, ref, groups, extras, loss_state
+            state.params, ref, groups, extras, loss_state, base, rng
         )
         return loss, (out, policy, ref), grads
 
-    def single(state: TrainState, groups: Groups, extras: Extras):
-        return loss_and_grads(state, groups, extras, state.loss_state)
+    def single(state: TrainState, groups: Groups, extras: Extras, base):
+        return loss_and_grads(state, groups, extras, state.loss_state, base)
 
-    def accumulated(state: TrainState, groups: Groups, extras: Extras):
+    def accumulated(state: TrainState, groups: Groups, extras: Extras, base):
         """``loss_and_grads`` over ``grad_accum_steps`` micro-batches, averaged (the loss state,
         e.g. BCO's baseline, advances once per micro-batch)."""
         a = grad_accum_steps
@@ -273,7 +289,7 @@ def make_train_step(
 
         def body(carry, batch):
             grad_sum, loss_state = carry
-            loss, (out, policy, ref), grads = loss_and_grads(state, *batch, loss_state)
+            loss, (out, policy, ref), grads = loss_and_grads(state, *batch, loss_state, base)
             rows = (out._replace(metrics=None, loss_state=None), policy, ref)
             return (jax.tree.map(jnp.add, grad_sum, grads), out.loss_state), (loss, rows, out.metrics or {})
 
@@ -284,9 +300,9 @@ def make_train_step(
         out = out._replace(metrics=jax.tree.map(jnp.mean, metrics), loss_state=loss_state)
         return jnp.mean(losses), (out, policy, ref), jax.tree.map(lambda g: g / a, grad_sum)
 
-    def step(state: TrainState, groups: Groups, extras: Extras):
+    def step(state: TrainState, groups: Groups, extras: Extras, base=None):
         run = single if grad_accum_steps == 1 else accumulated
-        loss, (out, policy, ref), grads = run(state, groups, extras)
+        loss, (out, policy, ref), grads = run(state, groups, extras, base)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.global_norm(grads)
@@ -330,3 +346,13 @@ def make_train_step(
         return state, metrics
 
     return step
+
+
+class _WithRngs:
+    """A module whose ``apply`` passes ``rngs`` (LoRA dropout); ``config`` as the module's."""
+
+    def __init__(self, module, rngs):
+        self.module, self.rngs, self.config = module, rngs, module.config
+
+    def apply(self, variables, *args, **kwargs):
+        return self.module.apply(variables, *args, rngs=self.rngs, **kwargs)
