@@ -21,12 +21,13 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",
     "gguf>=0.19.0",  # reads GGUF checkpoints (SmolLM2) with numpy
     "vaderSentiment>=3.3.2",  # sentiment reward of the controlled-generation task
+    "qwix>=0.1.8",  # LoRA adapters on the Flax model (config.lora)
 ]
 
 EXTRAS = {
     # torch CPU build: only for the HF parity tests and the TRL comparisons.
-    "test": ["pytest>=8.0", "torch==2.13.0"],
-    "bench": ["torch==2.13.0", "trl>=1.16.0", "psutil>=5.9"],
+    "test": ["pytest>=8.0", "torch==2.13.0", "peft>=0.21.2"],  # peft: the LoRA adapter export check
+    "bench": ["torch==2.13.0", "trl>=1.16.0", "psutil>=5.9", "peft>=0.21.2"],
 }
 
 setup(
