@@ -69,6 +69,7 @@ def get_base_config() -> ml_collections.ConfigDict:
             num_kv_heads=2,
             remat=False,
             scan_unroll=0,  # layers per scan iteration: 0 auto (all if <= 8 layers), -1 all, 1 rolled
+            logits_chunk=0,  # LM-head positions per chunk in the train step: 0 auto (128 if vocab >= 16k), -1 off
         )
     )
 
@@ -211,7 +212,7 @@ CHECKS: dict[str, Check] = {
     "model.dtype": Check(str, choices=("float32", "bfloat16")),
     "model.hidden_size": POSITIVE_INT, "model.intermediate_size": POSITIVE_INT, "model.num_layers": POSITIVE_INT,
     "model.num_heads": POSITIVE_INT, "model.num_kv_heads": POSITIVE_INT, "model.remat": FLAG,
-    "model.scan_unroll": Check(int, low=-1),
+    "model.scan_unroll": Check(int, low=-1), "model.logits_chunk": Check(int, low=-1),
     "sft.num_examples": POSITIVE_INT, "sft.steps": POSITIVE_INT, "sft.batch_size": POSITIVE_INT,
     "sft.learning_rate": POSITIVE,
     "data.num_pairs": POSITIVE_INT, "data.max_length": Check(int, low=2), "data.max_prompt_length": POSITIVE_INT,
@@ -391,6 +392,7 @@ HELP: dict[str, str] = {
     "model.num_kv_heads": "tiny model: key/value heads (grouped-query attention)",
     "model.remat": "recompute activations in the backward pass (less memory, more compute)",
     "model.scan_unroll": "layers per scan iteration: 0 auto, -1 all, 1 rolled",
+    "model.logits_chunk": "train step: LM-head positions per chunk, so [B, T, V] logits never exist: 0 auto, -1 off",
     "sft.num_examples": "tiny model SFT: examples", "sft.steps": "tiny model SFT: steps",
     "sft.batch_size": "tiny model SFT: batch size", "sft.learning_rate": "tiny model SFT: learning rate",
     "sft.cache_dir": "where the SFT policy is cached (default ~/.cache/jaxpref or $JAXPREF_CACHE_DIR)",

@@ -64,10 +64,12 @@ def resolve_policy(cfg, mesh, rules, *, pretrained_sft: bool = True) -> Policy:
     ``pretrained_sft=False`` (the ``sft`` job) starts the tiny model from its random init.
     ``config.model.remat`` turns on per-layer recomputation in the backward pass (less
     activation memory, about 5-10% more step time); ``config.model.scan_unroll`` sets how many
-    layers one iteration of the scanned stack runs. Neither changes any result.
+    layers one iteration of the scanned stack runs; ``config.model.logits_chunk`` how many
+    positions the train step sends through the LM head at a time. None changes any result.
     """
     policy = _load_policy(cfg, mesh, rules, pretrained_sft)
-    model = policy.model.clone(remat=bool(cfg.model.get("remat", False)), scan_unroll=cfg.model.get("scan_unroll", 0))
+    model = policy.model.clone(remat=bool(cfg.model.get("remat", False)), scan_unroll=cfg.model.get("scan_unroll", 0),
+                               logits_chunk=int(cfg.model.get("logits_chunk", 0)))
     return dataclasses.replace(policy, model=model)
 
 

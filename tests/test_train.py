@@ -280,6 +280,61 @@ def test_shared_prompt_logps_equal_separate_sequences(model_type):
         jnp.abs(b))))), got_grads, want_grads)
 
 
+@pytest.mark.parametrize("layout", ["separate", "shared_prompt", "full_chosen", "lora"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_chunked_lm_head_gives_the_full_logits_values_and_gradients(layout, tied):
+    """``logits_chunk``: the LM head runs a few positions at a time (never ``[B, T, V]``) with the
+    same log-probs and gradients, for separate rows, packed pairs, ORPO's full-sequence NLL and a
+    LoRA model (gradients of the adapters)."""
+    from jaxpref.models import lora
+    from jaxpref.train.step import Scoring
+
+    model, params = init_model({**CFG, "tie_word_embeddings": tied}, seed=3)
+    params = jax.tree.map(lambda x: x * 4.0, params)
+    pairs = _random_pairs(np.random.default_rng(1), 6, CFG["vocab_size"], max_prompt=9, max_completion=7)
+    groups, _ = batch_groups(collate_pairs(pairs, pad_id=0, buckets=[24]), share_prompt=layout == "shared_prompt")
+    scoring = Scoring(full_chosen=True) if layout == "full_chosen" else Scoring()
+    names = ("chosen", "rejected")
+    trained, base = params, None
+    if layout == "lora":
+        spec = lora.LoraSpec(2, 4.0, targets=("q", "v", "down"))
+        model = lora.lora_model(model, spec)
+        trained = jax.tree.map(lambda x: x + 0.1, lora.init_adapters(params, spec, jax.random.PRNGKey(0)))
+        base = params
+
+    def total(p, m):
+        full = p if base is None else lora.combine(base, p)
+        logps = grouped_logps(m, full, groups, names, scoring)
+        extra = logps.get("full_chosen", 0.0)
+        return jnp.sum(logps["chosen"] * 1.3 - logps["rejected"] + 0.5 * extra), logps
+
+    (want, want_logps), want_grads = jax.value_and_grad(total, has_aux=True)(trained, model.clone(logits_chunk=-1))
+    assert model.clone(logits_chunk=-1).logits_chunk == -1
+    (got, got_logps), got_grads = jax.value_and_grad(total, has_aux=True)(trained, model.clone(logits_chunk=5))
+    for name in want_logps:
+        np.testing.assert_allclose(got_logps[name], want_logps[name], rtol=1e-5, atol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(jnp.max(
+        jnp.abs(b))))), got_grads, want_grads)
+    assert float(jnp.abs(want_grads["layers"]["attn"]["q" if layout == "lora" else "k"][
+        "kernel_lora_b" if layout == "lora" else "kernel"]).max()) > 0
+
+
+def test_chunked_lm_head_never_builds_the_full_logits():
+    """The compiled gradient's largest temporary shrinks when the head is chunked: the
+    ``[B, T, V]`` logits (and their softmax) are what dominates a wide-vocabulary model."""
+    model, params = init_model({**CFG, "vocab_size": 4096, "hidden_size": 16, "num_layers": 1}, seed=0)
+    pairs = _random_pairs(np.random.default_rng(2), 8, 4096, max_prompt=40, max_completion=60)
+    groups, _ = batch_groups(collate_pairs(pairs, pad_id=0, buckets=[128]))
+
+    def temp_bytes(m):
+        f = jax.jit(jax.grad(lambda p: jnp.sum(grouped_logps(m, p, groups, ("chosen", "rejected"))["chosen"])))
+        return f.lower(params).compile().memory_analysis().temp_size_in_bytes
+
+    full, chunked = temp_bytes(model.clone(logits_chunk=-1)), temp_bytes(model.clone(logits_chunk=16))
+    logits_bytes = 2 * 8 * 128 * 4096 * 4  # chosen + rejected rows, float32
+    assert full > logits_bytes and chunked < full - logits_bytes
+
+
 def test_pack_shared_prompt_layout_and_errors():
     from jaxpref.data.batches import pack_shared_prompt, packed_length
 

@@ -264,6 +264,9 @@ class CausalLM(nn.Module):
     fused_projections: bool = False
     return_hidden: bool = False  # return final-norm hidden states [B, T, E] instead of logits
     scan_unroll: int = 0  # 0 auto, -1 all layers, n > 0 that many (see scan_unroll_length)
+    # Positions per chunk when the train step computes log-probs from hidden states through the LM
+    # head chunk by chunk (``train.step.chunked_token_logps``; unused by ``__call__``): 0 auto, -1 off.
+    logits_chunk: int = 0
 
     @nn.compact
     def __call__(
@@ -574,3 +577,24 @@ def logical_axes(params: Any) -> Any:
 def count_params(params: Any) -> int:
     """Total number of scalars in the params tree."""
     return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree_util.tree_leaves(params)))
+
+
+AUTO_CHUNK_MIN_VOCAB = 16384  # below this the [B, T, V] logits are small: no chunking (auto)
+AUTO_CHUNK = 128
+
+
+def logits_chunk_length(model) -> int:
+    """Positions per LM-head chunk of ``model`` in the train step (0: one full ``[B, T, V]``):
+    ``model.logits_chunk`` if positive, off for -1, and for 0 (auto) ``AUTO_CHUNK`` when the
+    vocabulary has at least ``AUTO_CHUNK_MIN_VOCAB`` entries."""
+    chunk = getattr(model, "logits_chunk", -1)
+    if chunk == 0:
+        return AUTO_CHUNK if model.config.vocab_size >= AUTO_CHUNK_MIN_VOCAB else 0
+    return max(chunk, 0)
+
+
+def lm_head_weights(model, params) -> Array:
+    """The LM head as ``[E, V]`` in the compute dtype: the tied embedding's transpose or ``lm_head``."""
+    if model.config.tie_word_embeddings:
+        return params["embed"]["embedding"].astype(model.dtype).T
+    return params["lm_head"]["kernel"].astype(model.dtype)

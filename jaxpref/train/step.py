@@ -29,6 +29,7 @@ from jaxpref.data.batches import (
 )
 from jaxpref.losses import completion_lengths, counted_token_logps, ld_token_weights, token_logps, wpo_mean_logps
 from jaxpref.models import RewardModel, forward, lora
+from jaxpref.models.llama import attend_mask, default_positions, lm_head_weights, logits_chunk_length
 from jaxpref.objectives import LossInputs, Objective, Sequences
 from jaxpref.train.state import TrainState, update_reference
 
@@ -85,8 +86,15 @@ def shared_prompt_logps(model, params, packed: SharedPromptPairs) -> dict[str, j
     attend = same_branch & (index[None, None, :] <= index[None, :, None]) & (seg[:, None, :] > 0)
     if model.config.sliding_window is not None:
         attend &= (pos[:, :, None] - pos[:, None, :]) < model.config.sliding_window
-    logits, _ = model.apply({"params": params}, packed.ids, pos, attend, output_index=packed.source_index)
-    target_logps = token_logps(logits, packed.target_ids)
+    chunk = logits_chunk_length(model)
+    if chunk:
+        hidden, _ = _hidden_model(model).apply({"params": params}, packed.ids, pos, attend,
+                                               output_index=packed.source_index)
+        target_logps = chunked_token_logps(hidden, lm_head_weights(model, params), packed.target_ids,
+                                           packed.target_segment > 0, chunk)
+    else:
+        logits, _ = model.apply({"params": params}, packed.ids, pos, attend, output_index=packed.source_index)
+        target_logps = token_logps(logits, packed.target_ids)
     return {
         name: jnp.sum(jnp.where(packed.target_segment == seg_id, target_logps, 0.0), axis=-1)
         for name, seg_id in (("chosen", CHOSEN), ("rejected", REJECTED))
@@ -150,7 +158,66 @@ def grouped_logps(model, params, groups: Groups, names: tuple[str, ...],
         return shared_prompt_logps(model, params, groups[SHARED_PROMPT])
     ids = jnp.concatenate([groups[n].ids for n in names], axis=0)
     attn = jnp.concatenate([groups[n].attention_mask for n in names], axis=0)
+    chunk = logits_chunk_length(model)
+    if chunk and not scoring.wpo:  # WPO reads whole softmax rows: it keeps the full logits
+        count = _counted_mask(groups, names, scoring)
+        hidden = _hidden_model(model).apply({"params": params}, ids, default_positions(attn),
+                                            _causal_attend(model, attn))[0]
+        per_token = chunked_token_logps(hidden[:, :-1], lm_head_weights(model, params), ids[:, 1:],
+                                        count[:, 1:].astype(bool), chunk)
+        return logps_from_token_logps(per_token, groups, names, scoring)
     return logps_from_logits(forward(model, params, ids, attn), groups, names, scoring)
+
+
+def chunked_token_logps(hidden_bte: jax.Array, head_ev: jax.Array, targets_bt: jax.Array, counted_bt: jax.Array,
+                        chunk: int) -> jax.Array:
+    """``log softmax(h W)[target]`` per position, ``chunk`` positions at a time, so the ``[B, T, V]``
+    logits never exist: each chunk's ``[B, chunk, V]`` logits are made, reduced to ``[B, chunk]``
+    and, in the backward pass, recomputed (``jax.checkpoint``). Equal to the full computation
+    (values and gradients) up to float rounding.
+
+    Args:
+      hidden_bte: ``[B, T, E]`` final hidden states at the positions that predict ``targets``.
+      head_ev: ``[E, V]`` LM head (``models.llama.lm_head_weights``).
+      targets_bt: ``[B, T]`` int next-token ids.
+      counted_bt: ``[B, T]`` bool; uncounted positions score 0 and their hidden states are zeroed
+        before the head (a non-finite one reaches neither a value nor a gradient).
+      chunk: positions per chunk (``T`` is padded up to a multiple).
+
+    Returns ``[B, T]`` float32.
+    """
+    b, t, e = hidden_bte.shape
+    hidden_bte = jnp.where(counted_bt[..., None], hidden_bte, jnp.zeros((), hidden_bte.dtype))
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    h = jnp.pad(hidden_bte, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, e).swapaxes(0, 1)
+    y = jnp.pad(targets_bt, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one(args):
+        h_bce, y_bc = args
+        logits = jnp.einsum("bce,ev->bcv", h_bce, head_ev, preferred_element_type=jnp.float32)
+        return token_logps(logits, y_bc)
+
+    out = jax.lax.map(one, (h, y)).swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+    return jnp.where(counted_bt, out, 0.0)
+
+
+def _hidden_model(model):
+    return model.clone(return_hidden=True)
+
+
+def _causal_attend(model, attn):
+    slots = jnp.arange(attn.shape[1])
+    return attend_mask(attn, slots, slots, model.config.sliding_window)
+
+
+def _counted_mask(groups: Groups, names: tuple[str, ...], scoring: Scoring) -> jax.Array:
+    """``[len(names) * B, T]``: the tokens scored per position. With ``full_chosen`` the chosen
+    rows count every attended token (a superset of their response; the response sums select
+    theirs), so one log-softmax per position serves both."""
+    return jnp.concatenate([groups[n].attention_mask if scoring.full_chosen and n == "chosen"
+                            else groups[n].completion_mask for n in names], axis=0)
 
 
 def logps_from_logits(logits: jax.Array, groups: Groups, names: tuple[str, ...],
@@ -158,12 +225,19 @@ def logps_from_logits(logits: jax.Array, groups: Groups, names: tuple[str, ...],
     """``grouped_logps`` after the forward: ``logits`` ``[len(names) * B, T, V]`` of the groups
     concatenated in ``names`` order -> ``{name: [B]}`` (and ``wpo_<name>`` with ``scoring.wpo``)."""
     ids = jnp.concatenate([groups[n].ids for n in names], axis=0)
+    per_token = counted_token_logps(logits, ids, _counted_mask(groups, names, scoring))  # [len(names) * B, T - 1]
+    out = logps_from_token_logps(per_token, groups, names, scoring)
+    if scoring.wpo:
+        comp = jnp.concatenate([groups[n].completion_mask for n in names], axis=0)
+        out.update(zip((f"wpo_{n}" for n in names), jnp.split(wpo_mean_logps(logits, ids, comp), len(names))))
+    return out
+
+
+def logps_from_token_logps(per_token: jax.Array, groups: Groups, names: tuple[str, ...],
+                           scoring: Scoring = PLAIN) -> dict[str, jax.Array]:
+    """``[len(names) * B, T - 1]`` per-token log-probs (0 where not counted) -> ``{name: [B]}``
+    response scores (LD-DPO weighted with ``scoring.ld_alpha``; ``full_chosen`` too if asked)."""
     comp = jnp.concatenate([groups[n].completion_mask for n in names], axis=0)
-    # One log-softmax per position: with full_chosen the chosen rows count every attended token
-    # (a superset of their response), and the response sums below select theirs.
-    count = comp if not scoring.full_chosen else jnp.concatenate(
-        [groups[n].attention_mask if n == "chosen" else groups[n].completion_mask for n in names], axis=0)
-    per_token = counted_token_logps(logits, ids, count)  # [len(names) * B, T - 1]
     weights = comp[:, 1:].astype(jnp.float32)
     if scoring.ld_alpha != 1.0 and "chosen" in names and "rejected" in names:
         wc, wr = ld_token_weights(groups["chosen"].completion_mask, groups["rejected"].completion_mask,
@@ -171,8 +245,6 @@ def logps_from_logits(logits: jax.Array, groups: Groups, names: tuple[str, ...],
         by_name = {"chosen": wc, "rejected": wr}
         weights = jnp.concatenate([by_name.get(n, groups[n].completion_mask.astype(jnp.float32)) for n in names])[:, 1:]
     out = dict(zip(names, jnp.split(jnp.sum(per_token * weights, axis=-1), len(names))))
-    if scoring.wpo:
-        out.update(zip((f"wpo_{n}" for n in names), jnp.split(wpo_mean_logps(logits, ids, comp), len(names))))
     if scoring.full_chosen:
         out["full_chosen"] = jnp.split(jnp.sum(per_token, axis=-1), len(names))[names.index("chosen")]
     return out
