@@ -4,7 +4,11 @@
 
 Counts what ``jaxpref.train.state.TrainState`` holds: policy params, reference params and
 the AdamW state of ``jaxpref.train.optim.make_optimizer`` (two moments per param), for float32
-and for bfloat16 params (optax keeps the moments in the param dtype). Shapes come from
+and for bfloat16 params (optax keeps the moments in the param dtype); and with LoRA
+(``jaxpref.models.lora``, rank 16 on every projection): the frozen base once (no reference copy:
+the reference is the base with the adapters off), the float32 adapters, a float32 copy of them
+as a trust-region reference (TR-*; none for a frozen reference) and their AdamW moments, with the
+base in float32 or bfloat16. Shapes come from
 ``jax.eval_shape`` of ``jaxpref.models.init_params`` (nothing is allocated) and shardings from
 ``jaxpref.runtime.sharding`` on abstract meshes (no devices needed). Activations, gradients and XLA
 scratch space are not included.
@@ -76,20 +80,45 @@ def memory_row(name: str, mesh_shape: tuple[int, int, int], rules: sharding.Rule
             "adamw": bytes_per_device(state.opt_state, shardings.opt_state),
         }
         row[label] = {k: v / GIB for k, v in parts.items()} | {"total": sum(parts.values()) / GIB}
+        lora_bytes = lora_parts(name, mesh, rules, dtype)
+        row[f"lora_{label}"] = {k: v / GIB for k, v in lora_bytes.items()} | {
+            "total": sum(lora_bytes.values()) / GIB}
     return row
+
+
+LORA_RANK = 16
+
+
+def lora_parts(name: str, mesh, rules: sharding.Rules, base_dtype) -> dict:
+    """Per-device bytes of a LoRA train state: base, adapters, reference adapters, AdamW."""
+    from jaxpref.models import lora
+
+    model = CausalLM(MODELS[name], dtype=base_dtype, param_dtype=base_dtype)
+    base = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
+    spec = lora.LoraSpec(LORA_RANK, float(LORA_RANK))
+    adapters = jax.eval_shape(lambda p: lora.init_adapters(p, spec, jax.random.PRNGKey(0)), base)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5))
+    state = jax.eval_shape(lambda p: create_train_state(p, tx, rng=jax.random.PRNGKey(0), with_reference=True),
+                           adapters)
+    shardings = train_state_shardings(state, tx, mesh, rules)
+    return {"base": bytes_per_device(base, sharding.param_shardings(base, mesh, rules)),
+            "adapters": bytes_per_device(state.params, shardings.params),
+            "reference": bytes_per_device(state.ref_params, shardings.ref_params),
+            "adamw": bytes_per_device(state.opt_state, shardings.opt_state)}
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | devices | mesh (data, fsdp, tensor) | policy | reference | AdamW | total fp32 | total bf16 |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| model | devices | mesh (data, fsdp, tensor) | policy | reference | AdamW | total fp32 | total bf16 "
+        f"| LoRA r{LORA_RANK}, fp32 base | LoRA r{LORA_RANK}, bf16 base |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         f32 = r["fp32"]
         lines.append(
             f"| {r['model']} ({r['params_billion']:.2f}B) | {r['devices']} | ({', '.join(map(str, r['mesh']))}) "
             f"| {f32['policy']:.2f} | {f32['reference']:.2f} | {f32['adamw']:.2f} | {f32['total']:.2f} "
-            f"| {r['bf16']['total']:.2f} |"
+            f"| {r['bf16']['total']:.2f} | {r['lora_fp32']['total']:.2f} | {r['lora_bf16']['total']:.2f} |"
         )
     return "\n".join(lines)
 

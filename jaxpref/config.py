@@ -61,7 +61,8 @@ def get_base_config() -> ml_collections.ConfigDict:
         dict(
             name="tiny",
             path="",
-            dtype="float32",
+            dtype="float32",  # compute dtype
+            param_dtype="",  # params (and AdamW moments) storage: "" as loaded | float32 | bfloat16
             hidden_size=64,
             intermediate_size=192,
             num_layers=2,
@@ -210,6 +211,7 @@ SAMPLING = {
 CHECKS: dict[str, Check] = {
     "seed": NON_NEGATIVE_INT,
     "model.dtype": Check(str, choices=("float32", "bfloat16")),
+    "model.param_dtype": Check(str, choices=("", "float32", "bfloat16")),
     "model.hidden_size": POSITIVE_INT, "model.intermediate_size": POSITIVE_INT, "model.num_layers": POSITIVE_INT,
     "model.num_heads": POSITIVE_INT, "model.num_kv_heads": POSITIVE_INT, "model.remat": FLAG,
     "model.scan_unroll": Check(int, low=-1), "model.logits_chunk": Check(int, low=-1),
@@ -386,7 +388,9 @@ HELP: dict[str, str] = {
     "task": "the built-in task (used when data.source and model.path are unset)",
     "model.name": "'tiny' (built-in model, SFT-trained on the task), 'smollm2-135m', or 'hf' (use model.path)",
     "model.path": "a local Hugging Face folder (config.json + safetensors + tokenizer) or a .gguf file",
-    "model.dtype": "parameter/compute dtype: float32 | bfloat16",
+    "model.dtype": "compute dtype (activations, matmuls): float32 | bfloat16; log-probs and losses stay float32",
+    "model.param_dtype": "params and AdamW moments: '' (as loaded; float32 master weights under bf16 compute) | "
+                         "float32 | bfloat16",
     "model.hidden_size": "tiny model: width", "model.intermediate_size": "tiny model: MLP width",
     "model.num_layers": "tiny model: layers", "model.num_heads": "tiny model: attention heads",
     "model.num_kv_heads": "tiny model: key/value heads (grouped-query attention)",

@@ -216,7 +216,8 @@ def _run(cfg, workdir: str) -> dict:
                "loss_hparams": {h: cfg[h] for o in losses for h in objective_of(cfg, o).hparams},
                "judge": cfg.judge.kind if method.uses_judge else None, "sft": policy.info,
                **sharding.describe(ctx.mesh), **method.summarize(ctx, result),
-               "train_tokens_per_second": result.tokens_per_second, "skipped_steps": result.skipped_steps}
+               "train_tokens_per_second": result.tokens_per_second, "train_step_seconds": result.step_seconds,
+               "skipped_steps": result.skipped_steps}
     if method.uses_judge:
         summary["judge_calls"] = int(sum(r.get("judge_calls", 0) for r in result.history))
     if method.evaluate_policy and ctx.can_evaluate:

@@ -62,12 +62,20 @@ def resolve_policy(cfg, mesh, rules, *, pretrained_sft: bool = True) -> Policy:
     """The starting policy named by ``config.model`` (see the module docstring).
 
     ``pretrained_sft=False`` (the ``sft`` job) starts the tiny model from its random init.
+    ``config.model.dtype`` is the compute dtype (activations and matmuls; log-probs and losses
+    are float32 whatever it is); ``config.model.param_dtype`` (default: as loaded, float32 for
+    GGUF and the tiny model) the params' storage dtype, which the AdamW moments follow.
     ``config.model.remat`` turns on per-layer recomputation in the backward pass (less
     activation memory, about 5-10% more step time); ``config.model.scan_unroll`` sets how many
     layers one iteration of the scanned stack runs; ``config.model.logits_chunk`` how many
     positions the train step sends through the LM head at a time. None changes any result.
     """
     policy = _load_policy(cfg, mesh, rules, pretrained_sft)
+    param_dtype = cfg.model.get("param_dtype", "")
+    if param_dtype:  # storage dtype of the params (and so of the AdamW moments); compute stays model.dtype
+        dt = DTYPES[param_dtype]
+        policy = dataclasses.replace(policy, params=jax.tree.map(lambda x: x.astype(dt), policy.params),
+                                     model=policy.model.clone(param_dtype=dt))
     model = policy.model.clone(remat=bool(cfg.model.get("remat", False)), scan_unroll=cfg.model.get("scan_unroll", 0),
                                logits_chunk=int(cfg.model.get("logits_chunk", 0)))
     return dataclasses.replace(policy, model=model)

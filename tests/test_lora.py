@@ -171,3 +171,24 @@ def test_online_rounds_with_lora_continue_the_adapters_and_resume(tmp_path):
     assert len(first["rounds"]) == 2 and first["lora"]["rank"] == 8
     again = run(cfg, str(tmp_path / "selm"))  # resumes after the last round: same policy, same evaluation
     assert again["win_rate_vs_sft"] == first["win_rate_vs_sft"] and again["kl_vs_sft"] == first["kl_vs_sft"]
+
+
+@pytest.mark.parametrize("param_dtype", ["", "bfloat16"])
+def test_bf16_compute_keeps_float32_master_weights_unless_asked(tmp_path, param_dtype):
+    from helpers import toy
+
+    from jaxpref.main import setup
+    from jaxpref.train.rounds import run_rounds
+
+    cfg = toy(load_config("dpo"), tmp_path / "sft", **{"model.dtype": "bfloat16", "model.param_dtype": param_dtype,
+                                                       "num_steps": 3})
+    job = setup(cfg, str(tmp_path / "run"))
+    want = jnp.bfloat16 if param_dtype else jnp.float32
+    state = job.trainer.abstract_state(with_reference=False)
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype(want)}
+    assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim > 0} == {np.dtype(want)}
+    assert job.ctx.model.dtype == jnp.bfloat16
+    result = run_rounds(job.method, job.ctx, job.trainer)
+    assert result.stats[0].last_metrics["loss"] > 0 and np.isfinite(result.stats[0].last_metrics["loss"])
+    job.logger.close()
+    job.checkpointer.close()

@@ -530,6 +530,8 @@ _TOP_LEVEL_AXES = {
     ("lm_head", "kernel"): ("embed", "vocab"),
     ("score", "kernel"): ("embed", None),  # reward models (models.reward): [E, 1]
 }
+_LORA_AXES = {"q": ("embed", "q_heads"), "k": ("embed", "kv_heads"), "v": ("embed", "kv_heads"),
+              "o": ("q_heads", "embed"), "gate": ("embed", "mlp"), "up": ("embed", "mlp"), "down": ("mlp", "embed")}
 _LAYER_AXES = {
     ("attn_norm", "scale"): ("embed",),
     ("attn", "q", "kernel"): ("embed", "q_heads", "head_dim"),
@@ -552,7 +554,10 @@ def param_logical_axes(path: tuple[str, ...]) -> tuple[str | None, ...]:
     if path[0] == "backbone":
         return param_logical_axes(path[1:])
     if path[0] == "layers" and path[-1] in ("kernel_lora_a", "kernel_lora_b"):
-        return ("layers", None, None)  # LoRA adapters (models.lora), [L, d_in, r] / [L, r, d_out]: replicated
+        # LoRA adapters (models.lora): A [L, d_in, r], B [L, r, d_out], d_in / d_out split like the
+        # kernel's input / output axes (flattened heads follow their heads axis).
+        d_in, d_out = _LORA_AXES[path[-2]]
+        return ("layers", d_in, None) if path[-1] == "kernel_lora_a" else ("layers", None, d_out)
     if path[0] == "layers" and path[1:] in _LAYER_AXES:
         return ("layers",) + _LAYER_AXES[path[1:]]
     if path in _TOP_LEVEL_AXES:

@@ -109,6 +109,7 @@ class LoopStats:
 
     train_seconds: float = 0.0
     train_tokens: float = 0.0
+    train_steps: int = 0
     skipped_steps: int = 0
     last_metrics: dict = dataclasses.field(default_factory=dict)
 
@@ -255,6 +256,7 @@ def _loop(step_fn, state, batch_at, bar, stats, stop_signals, skips, *, start, s
             if compiled:  # the first interval includes compilation
                 stats.train_seconds += dt
                 stats.train_tokens += tokens
+                stats.train_steps += len(rows)
             compiled = True
             avg["tokens_per_second"] = tokens / dt
             del avg["tokens"]

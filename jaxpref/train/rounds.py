@@ -410,6 +410,12 @@ class JobResult:
         return sum(s.train_tokens for s in self.stats) / seconds if seconds > 0 else None
 
     @property
+    def step_seconds(self) -> float | None:
+        """Mean wall time of a train step (the same steps as ``tokens_per_second``)."""
+        steps = sum(s.train_steps for s in self.stats)
+        return sum(s.train_seconds for s in self.stats) / steps if steps else None
+
+    @property
     def skipped_steps(self) -> int:
         return sum(s.skipped_steps for s in self.stats)
 
