@@ -35,7 +35,8 @@ WORDS = ("the movie hotel food service staff room was were is and but very reall
          "I we they you it this that my our your their a an of to in on at for with about after before during "
          "think felt liked loved hated enjoyed visited ordered stayed watched read played found said asked told "
          "would could should will can may might must again never always often sometimes maybe perhaps because "
-         "when while although however therefore also only just even still already yet soon later today tomorrow").split()
+         "when while although however therefore also only just even still already yet soon later today"
+         ).split()
 LORA = {"rank": 16, "alpha": 16.0}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
