@@ -92,7 +92,8 @@ def jaxpref_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     cfg = load_config("dpo")
     overrides = {"model.name": "hf", "model.path": spec["hf_dir"], "model.dtype": spec["dtype"],
-                 "model.logits_chunk": spec["logits_chunk"], "data.source": spec["data_dir"],
+                 "model.logits_chunk": spec["logits_chunk"], "model.remat": spec.get("remat", False),
+                 "data.source": spec["data_dir"],
                  "data.max_length": spec["max_length"], "data.max_prompt_length": spec["max_prompt_length"],
                  "data.eval_fraction": 0.0, "batch_size": spec["batch_size"], "num_steps": spec["steps"] + 1,
                  "precompute_ref_logps": False, "log_every": 1, "checkpoint_every": 10_000,
@@ -152,7 +153,7 @@ def trl_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 WORKERS = {"prepare": prepare_worker, "jaxpref": jaxpref_worker, "trl": trl_worker}
 
-# (name, framework, lora, compute dtype, jaxpref logits_chunk), in run order (alternating).
+# (name, framework, lora, compute dtype, jaxpref logits_chunk[, remat]), in run order (alternating).
 RUNS = [
     ("trl full fp32", "trl", False, "float32", None),
     ("jaxpref full fp32", "jaxpref", False, "float32", 0),
@@ -161,6 +162,8 @@ RUNS = [
     ("jaxpref full fp32, head unchunked", "jaxpref", False, "float32", -1),
     ("jaxpref full bf16", "jaxpref", False, "bfloat16", 0),
     ("jaxpref lora bf16", "jaxpref", True, "bfloat16", 0),
+    ("jaxpref full fp32, remat", "jaxpref", False, "float32", 0, True),
+    ("jaxpref lora fp32, remat", "jaxpref", True, "float32", 0, True),
 ]
 
 
@@ -171,20 +174,20 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run (after one more)")
     parser.add_argument("--pairs", type=int, default=300)
-    parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    parser.add_argument("--only", default="", help="';'-separated run names (default: all)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lora_memory_"))
     common = {"hf_dir": str(work / "smollm2_hf"), "data_dir": str(work / "data"), "workdir": str(work / "runs"),
               "max_length": 256, "max_prompt_length": 128, "batch_size": 4, "steps": args.steps, "pairs": args.pairs}
     data = harness.run_worker(__file__, "prepare", common, work / "logs")
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    only = {s.strip() for s in args.only.split(";") if s.strip()}
     results = {}
-    for name, framework, lora, dtype, chunk in RUNS:
+    for name, framework, lora, dtype, chunk, *remat in RUNS:
         if only and name not in only:
             continue
         spec = {**common, "name": name.replace(" ", "_").replace(",", ""), "lora": lora, "dtype": dtype,
-                "logits_chunk": chunk, "lr": 1e-4 if lora else 1e-5}
+                "logits_chunk": chunk, "remat": bool(remat and remat[0]), "lr": 1e-4 if lora else 1e-5}
         results[name] = harness.run_worker(__file__, framework, spec, work / "logs", timeout=3600)
         r = results[name]
         print(f"{name}: peak {r['peak_rss_mb'] / 1024:.2f} GiB, {r['step_s']:.1f} s/step", flush=True)

@@ -173,18 +173,19 @@ def test_online_rounds_with_lora_continue_the_adapters_and_resume(tmp_path):
     assert again["win_rate_vs_sft"] == first["win_rate_vs_sft"] and again["kl_vs_sft"] == first["kl_vs_sft"]
 
 
-@pytest.mark.parametrize("param_dtype", ["", "bfloat16"])
-def test_bf16_compute_keeps_float32_master_weights_unless_asked(tmp_path, param_dtype):
+@pytest.mark.parametrize("param_dtype, rank", [("", 0), ("bfloat16", 0), ("", 4)])
+def test_bf16_compute_keeps_float32_master_weights_unless_asked(tmp_path, param_dtype, rank):
     from helpers import toy
 
     from jaxpref.main import setup
     from jaxpref.train.rounds import run_rounds
 
     cfg = toy(load_config("dpo"), tmp_path / "sft", **{"model.dtype": "bfloat16", "model.param_dtype": param_dtype,
-                                                       "num_steps": 3})
+                                                       "num_steps": 3, "lora.rank": rank,
+                                                       "precompute_ref_logps": rank == 0})
     job = setup(cfg, str(tmp_path / "run"))
-    want = jnp.bfloat16 if param_dtype else jnp.float32
-    state = job.trainer.abstract_state(with_reference=False)
+    want = jnp.bfloat16 if param_dtype else jnp.float32  # LoRA adapters: float32 (the base as loaded)
+    state = job.trainer.abstract_state(with_reference=rank > 0)
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype(want)}
     assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim > 0} == {np.dtype(want)}
     assert job.ctx.model.dtype == jnp.bfloat16

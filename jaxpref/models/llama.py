@@ -239,9 +239,11 @@ class DecoderLayer(nn.Module):
         fused = self.fused_projections
         attn = Attention(self.config, fused_projections=fused, name="attn", **kw)
         attn_out, new_kv = attn(attn_in, rope, attend_bts, layer_kv, cache_index)
-        h_bte = h_bte + attn_out
+        # The residual stream keeps its dtype even when a projection returns float32 (a LoRA
+        # adapter's float32 branch under bf16 compute): the scanned carry's type is fixed.
+        h_bte = h_bte + attn_out.astype(h_bte.dtype)
         mlp = MLP(self.config, fused_projections=fused, name="mlp", **kw)
-        h_bte = h_bte + mlp(RMSNorm(eps, name="mlp_norm", **kw)(h_bte))
+        h_bte = h_bte + mlp(RMSNorm(eps, name="mlp_norm", **kw)(h_bte)).astype(h_bte.dtype)
         return h_bte, new_kv
 
 
