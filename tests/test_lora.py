@@ -11,7 +11,7 @@ import pytest
 from helpers import load_config, set_field
 
 from jaxpref.config import ConfigError, validate_config
-from jaxpref.models import forward, init_model, lora
+from jaxpref.models import count_params, forward, init_model, lora
 
 TINY = dict(vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
             head_dim=4, model_type="llama", tie_word_embeddings=False)
@@ -43,7 +43,7 @@ def test_fresh_adapters_are_the_identity_and_merging_equals_the_adapted_model(ta
         a, b = got["layers"]["attn"]["q"]["kernel_lora_a"], got["layers"]["attn"]["q"]["kernel_lora_b"]
         expect = q["q"]["kernel"] + 2.0 * np.einsum("lir,lro->lio", a, b).reshape(q["q"]["kernel"].shape)
         np.testing.assert_allclose(lora.merge(full, spec)["layers"]["attn"]["q"]["kernel"], expect, atol=1e-6)
-    assert lora.count(got) == sum(
+    assert count_params(got) == sum(
         4 * (a[1] + b[2]) * a[0] for a, b in lora.adapter_shapes(params, spec).values())
 
 
@@ -151,8 +151,8 @@ def test_tr_dpo_with_lora_keeps_one_copy_of_the_base_and_never_changes_it(hf_fil
     for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(base))):
         np.testing.assert_array_equal(x, y)  # bit-identical after training
     state = job.trainer.abstract_state(with_reference=True)
-    n_base, n_adapters = lora.count(before), lora.count(adapters)
-    assert lora.count(state.params) == lora.count(state.ref_params) == n_adapters < 0.2 * n_base
+    n_base, n_adapters = count_params(before), count_params(adapters)
+    assert count_params(state.params) == count_params(state.ref_params) == n_adapters < 0.2 * n_base
     # The optimizer state holds AdamW's two moments of the adapters only (plus scalars).
     moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim > 0]
     assert sum(int(np.prod(x.shape)) for x in moments) == 2 * n_adapters
@@ -193,3 +193,20 @@ def test_bf16_compute_keeps_float32_master_weights_unless_asked(tmp_path, param_
     assert result.stats[0].last_metrics["loss"] > 0 and np.isfinite(result.stats[0].last_metrics["loss"])
     job.logger.close()
     job.checkpointer.close()
+
+
+def test_lora_dropout_keeps_the_model_settings_and_draws_masks_from_the_rng():
+    """The train step wraps a dropout LoRA model to pass its rng: the wrapper still reports the
+    model's settings (the chunked head stays on) and its masks follow the rng."""
+    from jaxpref.models.llama import logits_chunk_length
+    from jaxpref.train.step import _WithRngs
+
+    model, params = init_model(TINY, seed=0)
+    spec = lora.LoraSpec(2, 4.0, 0.5)
+    adapted = lora.lora_model(model.clone(logits_chunk=3), spec)
+    wrapped = [_WithRngs(adapted, {"dropout": jax.random.PRNGKey(s)}) for s in (0, 0, 1)]
+    assert logits_chunk_length(wrapped[0]) == 3 and logits_chunk_length(wrapped[0].clone(return_hidden=True)) == 3
+    full = lora.combine(params, perturbed(lora.init_adapters(params, spec, jax.random.PRNGKey(1)), scale=0.5))
+    a, b, c = (forward(m, full, IDS) for m in wrapped)
+    np.testing.assert_array_equal(a, b)
+    assert float(jnp.abs(a - c).max()) > 1e-4

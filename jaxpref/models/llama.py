@@ -309,7 +309,7 @@ class CausalLM(nn.Module):
             stack = nn.scan(
                 layer,
                 variable_axes={"params": 0},
-                split_rngs={"params": True},
+                split_rngs={"params": True, "dropout": True},  # dropout: LoRA adapters (models.lora)
                 in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
                 length=cfg.num_layers,
                 unroll=unroll,

@@ -29,7 +29,7 @@ from jaxpref.data.batches import (
 )
 from jaxpref.losses import completion_lengths, counted_token_logps, ld_token_weights, token_logps, wpo_mean_logps
 from jaxpref.models import RewardModel, forward, lora
-from jaxpref.models.llama import attend_mask, default_positions, lm_head_weights, logits_chunk_length
+from jaxpref.models.llama import lm_head_weights, logits_chunk_length
 from jaxpref.objectives import LossInputs, Objective, Sequences
 from jaxpref.train.state import TrainState, update_reference
 
@@ -161,8 +161,7 @@ def grouped_logps(model, params, groups: Groups, names: tuple[str, ...],
     chunk = logits_chunk_length(model)
     if chunk and not scoring.wpo:  # WPO reads whole softmax rows: it keeps the full logits
         count = _counted_mask(groups, names, scoring)
-        hidden = _hidden_model(model).apply({"params": params}, ids, default_positions(attn),
-                                            _causal_attend(model, attn))[0]
+        hidden = forward(_hidden_model(model), params, ids, attn)  # [B, T, E]: the model returns hidden states
         per_token = chunked_token_logps(hidden[:, :-1], lm_head_weights(model, params), ids[:, 1:],
                                         count[:, 1:].astype(bool), chunk)
         return logps_from_token_logps(per_token, groups, names, scoring)
@@ -205,11 +204,6 @@ def chunked_token_logps(hidden_bte: jax.Array, head_ev: jax.Array, targets_bt: j
 
 def _hidden_model(model):
     return model.clone(return_hidden=True)
-
-
-def _causal_attend(model, attn):
-    slots = jnp.arange(attn.shape[1])
-    return attend_mask(attn, slots, slots, model.config.sliding_window)
 
 
 def _counted_mask(groups: Groups, names: tuple[str, ...], scoring: Scoring) -> jax.Array:
@@ -421,10 +415,19 @@ def make_train_step(
 
 
 class _WithRngs:
-    """A module whose ``apply`` passes ``rngs`` (LoRA dropout); ``config`` as the module's."""
+    """A module whose ``apply`` passes ``rngs`` (LoRA dropout); every other attribute (``config``,
+    ``dtype``, ``logits_chunk``, ...) is the module's, and ``clone`` keeps the rngs."""
 
     def __init__(self, module, rngs):
-        self.module, self.rngs, self.config = module, rngs, module.config
+        self.module, self.rngs = module, rngs
+
+    def __getattr__(self, name):
+        if name == "module":  # not set yet
+            raise AttributeError(name)
+        return getattr(self.module, name)
+
+    def clone(self, **kwargs):
+        return _WithRngs(self.module.clone(**kwargs), self.rngs)
 
     def apply(self, variables, *args, **kwargs):
         return self.module.apply(variables, *args, rngs=self.rngs, **kwargs)
