@@ -33,7 +33,7 @@ from jaxpref.data.preference import BadRowError
 from jaxpref.judges import TextView, make_judge
 from jaxpref.methods import Method, get_method
 from jaxpref.methods.context import Context
-from jaxpref.models import lora
+from jaxpref.models import count_params, lora
 from jaxpref.objectives import objective_of
 from jaxpref.policy import lora_start, resolve_policy
 from jaxpref.runtime import distributed, sharding
@@ -114,7 +114,7 @@ def setup(cfg, workdir: str) -> Job:
     sft_params = trainer.start_params if model is policy.model else jax.device_put(
         policy.params, sharding.param_shardings(policy.params, mesh, rules))
     ctx = Context(cfg, policy, model, judge, mesh, sft_params, buckets=buckets, workdir=workdir, prompts=prompts,
-                  lora=trainer.lora)
+                  lora=trainer.lora, merge=trainer.plain if trainer.lora is not None else None)
     return Job(cfg, workdir, method, ctx, trainer, logger, ckpt)
 
 
@@ -226,15 +226,13 @@ def _run(cfg, workdir: str) -> dict:
         for key in ("prompt", "policy", "sft"):
             example[f"{key}_text"] = policy.tokenizer.decode(example[key], skip_special_tokens=False)
     summary["wall_seconds"] = time.perf_counter() - t_start
-    if ctx.lora is not None:
-        adapters, _ = lora.split(result.params)
+    adapters = None if ctx.lora is None else lora.split(result.params)[0]
+    if adapters is not None:
         summary["lora"] = {"rank": ctx.lora.rank, "alpha": ctx.lora.alpha, "targets": list(ctx.lora.targets),
-                           "trainable_params": lora.count(adapters), "base_params": lora.count(ctx.sft_params)}
+                           "trainable_params": count_params(adapters), "base_params": count_params(ctx.sft_params)}
     # collectives: every process gathers
     export_params = sharding.to_host(ctx.plain(result.params)) if cfg.export_dir else None
-    export_adapters = None
-    if cfg.get("export_adapter_dir", ""):
-        export_adapters = sharding.to_host(lora.split(result.params)[0])
+    export_adapters = sharding.to_host(adapters) if cfg.get("export_adapter_dir", "") else None
     if distributed.is_main_process():
         write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
         plot_training_curves(workdir)

@@ -25,7 +25,7 @@ import ml_collections
 
 from jaxpref.data.batches import UnpairedExample
 from jaxpref.data.training_set import TrainingSet
-from jaxpref.models import init_model, load_pretrained, load_tokenizer, save_pretrained
+from jaxpref.models import count_params, init_model, load_pretrained, load_tokenizer, save_pretrained
 from jaxpref.runtime import distributed, sharding
 from jaxpref.tasks.synthetic import BOS, EOS, PAD, EchoTask, make_tokenizer
 from jaxpref.train.rounds import Round, Trainer
@@ -242,5 +242,5 @@ def lora_start(cfg, params):
     spec = lora.LoraSpec(int(lo.rank), float(lo.alpha), float(lo.dropout), lora.parse_targets(lo.targets))
     adapters = jax.jit(lambda p: lora.init_adapters(p, spec, jax.random.PRNGKey(cfg.seed)))(params)
     log.info("LoRA: rank %d, alpha %g, targets %s: %d trainable params of %d", spec.rank, spec.alpha,
-             ",".join(spec.targets), lora.count(adapters), lora.count(params))
+             ",".join(spec.targets), count_params(adapters), count_params(params))
     return spec, adapters, True

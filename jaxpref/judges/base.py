@@ -108,6 +108,13 @@ class CountingJudge:
         return getattr(self.inner, name)
 
 
+def reward_matrix(judge, prompts, responses: list[list[list[int]]]) -> np.ndarray:
+    """``[n, K]`` rewards of K responses per prompt from one call of a pointwise judge."""
+    n, k = len(prompts), len(responses[0])
+    flat_p = [prompts[b] for b in range(n) for _ in range(k)]
+    return np.asarray(judge.rewards(flat_p, [y for ys in responses for y in ys]), np.float64).reshape(n, k)
+
+
 def preference_matrix(judge, prompts, responses: list[list[list[int]]]) -> np.ndarray:
     """``[n, K, K]`` with ``P[b, i, j] = P(y_i > y_j | x_b)`` and ``P[b, i, i] = 1/2``.
 
@@ -117,8 +124,7 @@ def preference_matrix(judge, prompts, responses: list[list[list[int]]]) -> np.nd
     n, k = len(prompts), len(responses[0])
     ii, jj = np.triu_indices(k, 1)
     if getattr(judge, "pointwise", False):
-        flat_p = [prompts[b] for b in range(n) for _ in range(k)]
-        r = np.asarray(judge.rewards(flat_p, [y for ys in responses for y in ys]), np.float64).reshape(n, k)
+        r = reward_matrix(judge, prompts, responses)
         upper = np.asarray(judge.probs_from_rewards(r[:, ii], r[:, jj]), np.float64)
     else:
         flat_p = [prompts[b] for b in range(n) for _ in ii]

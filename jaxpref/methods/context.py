@@ -42,6 +42,7 @@ class Context:
         or None: prompts come from the built-in task.
       lora: the job's ``models.lora.LoraSpec`` or None. With LoRA, ``params`` is the base params with
         the adapter leaves added (``models.lora.combine``); the helpers below merge them first.
+      merge: folds LoRA adapters into plain params (``train.rounds.Trainer.plain``), or None.
     """
 
     cfg: Any
@@ -58,17 +59,11 @@ class Context:
     scratch: dict = dataclasses.field(default_factory=dict)
     prompts: Any = None
     lora: Any = None
+    merge: Any = None
 
     def plain(self, params):
-        """``params`` with any LoRA adapters folded into the kernels (``models.lora.merge``), on the mesh."""
-        from jaxpref.models import lora
-
-        if self.lora is None or not lora.has_adapters(params):
-            return params
-        if "merge" not in self.scratch:  # laid out as the starting policy
-            out = jax.tree.map(lambda x: x.sharding, self.sft_params)
-            self.scratch["merge"] = jax.jit(lambda p: lora.merge(p, self.lora), out_shardings=out)
-        return self.scratch["merge"](params)
+        """``params`` with any LoRA adapters folded into the kernels, on the mesh."""
+        return params if self.merge is None else self.merge(params)
 
     @property
     def pad_id(self) -> int:
@@ -152,13 +147,11 @@ class Context:
     def rewards(self, prompts, responses: list[list[list[int]]]) -> np.ndarray:
         """``[n, K]`` scores of K responses per prompt: the judge's rewards, or for a pairwise-only
         judge each response's estimated win rate against the other K - 1 (``preference_matrix``)."""
-        if not getattr(self.judge, "pointwise", True):
-            from jaxpref.judges.base import preference_matrix
+        from jaxpref.judges.base import preference_matrix, reward_matrix
 
+        if not getattr(self.judge, "pointwise", True):
             return preference_matrix(self.judge, prompts, responses).mean(axis=-1)
-        k = len(responses[0])
-        flat_p = [p for p in prompts for _ in range(k)]
-        return self.judge.rewards(flat_p, [y for ys in responses for y in ys]).reshape(len(prompts), k)
+        return reward_matrix(self.judge, prompts, responses)
 
     # --- evaluation --------------------------------------------------------------------------
 

@@ -173,10 +173,6 @@ def merge(params: PyTree, spec: LoraSpec) -> PyTree:
     return {**base, "layers": layers}
 
 
-def count(tree: PyTree) -> int:
-    return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
-
-
 # --- PEFT adapter folders ------------------------------------------------------------------------
 
 

@@ -301,21 +301,26 @@ class Trainer:
         the round starts from the adapters of ``start`` (the job's starting ones when it holds
         none, or with ``init="sft"``); a reference at the job's start keeps the starting adapters
         and, when they are fresh, is scored by the plain base ("adapters off")."""
-        from jaxpref.models.lora import has_adapters, merge, split
+        from jaxpref.models.lora import has_adapters, split
 
         first = rnd.init == "sft" or not has_adapters(start)
         adapters = self.trainable_start if first else split(start)[0]
         at_start = rnd.reference.start == "sft" or first
         ref_adapters = self.trainable_start if at_start else adapters
-        if at_start and self.fresh_adapters:
-            ref_plain = self.start_params
-        else:
-            from jaxpref.models.lora import combine
-
-            if not hasattr(self, "_merge"):  # one compilation per job
-                self._merge = jax.jit(lambda p: merge(p, self.lora), out_shardings=self.param_shardings)
-            ref_plain = self._merge(combine(self.start_params, ref_adapters))
+        ref_plain = self.start_params if at_start and self.fresh_adapters else self.plain(
+            self.policy_params(ref_adapters))
         return adapters, ref_adapters, ref_plain
+
+    def plain(self, params):
+        """``params`` with any LoRA adapters folded into the kernels (``models.lora.merge``), laid
+        out as the starting params; one compilation per job."""
+        from jaxpref.models.lora import has_adapters, merge
+
+        if self.lora is None or not has_adapters(params):
+            return params
+        if not hasattr(self, "_merge"):
+            self._merge = jax.jit(lambda p: merge(p, self.lora), out_shardings=self.param_shardings)
+        return self._merge(params)
 
     def saved_parts(self, rnd: Round, plan: dict) -> dict:
         """What a checkpoint of ``rnd`` holds: ``{"reference": bool, "optimizer": bool}``. A frozen
