@@ -109,6 +109,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.ref_update_alpha = 1.0
     # With a frozen reference, compute its log-probs once before training.
     c.precompute_ref_logps = True
+    # ...and keep them on disk, keyed by (reference weights, data, tokenization, packing) hashes, so
+    # a later or resumed run on the same data skips the reference pass ("" -> ~/.cache/jaxpref or
+    # $JAXPREF_CACHE_DIR). precompute_only: write that cache, then stop before training.
+    c.ref_cache = True
+    c.ref_cache_dir = ""
+    c.precompute_only = False
     # Pairs: run each prompt once, chosen and rejected completions packed behind it
     # (jaxpref.data.batches.pack_shared_prompt); same log-probs, fewer tokens through the model.
     c.share_prompt = True
@@ -220,6 +226,7 @@ CHECKS: dict[str, Check] = {
     "data.num_pairs": POSITIVE_INT, "data.max_length": Check(int, low=2), "data.max_prompt_length": POSITIVE_INT,
     "data.on_bad_row": Check(str, choices=("error", "drop")),
     "ref_update_every": NON_NEGATIVE_INT, "ref_update_alpha": PROBABILITY, "precompute_ref_logps": FLAG,
+    "ref_cache": FLAG, "ref_cache_dir": Check(str), "precompute_only": FLAG,
     "share_prompt": FLAG,
     "optimizer.name": Check(str, choices=OPTIMIZERS),
     "optimizer.learning_rate": Check(float, low=0, low_open=True, high=FLOAT32_MAX),
@@ -248,7 +255,7 @@ CHECKS: dict[str, Check] = {
 RESUMABLE = ("num_steps", "num_epochs", "log_every", "checkpoint_every", "keep_checkpoints", "export_dir",
              "export_adapter_dir",
              "save_optimizer_state", "overwrite", "on_nonfinite", "max_consecutive_skips", "eval", "mesh",
-             "distributed", "sft.cache_dir", "sampling.batch_size")
+             "distributed", "sft.cache_dir", "sampling.batch_size", "ref_cache", "ref_cache_dir", "precompute_only")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -412,6 +419,9 @@ HELP: dict[str, str] = {
     "ref_update_every": "TR-*: update the reference every this many steps (0: frozen reference)",
     "ref_update_alpha": "TR-*: ref <- alpha * policy + (1 - alpha) * ref (1: hard copy)",
     "precompute_ref_logps": "frozen reference: compute its log-probs once (for the rows the run uses)",
+    "ref_cache": "precomputed reference log-probs: reuse them from (and save them to) ref_cache_dir",
+    "ref_cache_dir": "reference log-prob cache (default ~/.cache/jaxpref/reference_logps or $JAXPREF_CACHE_DIR)",
+    "precompute_only": "compute (or find) the reference log-probs, write the cache, and stop before training",
     "share_prompt": "pairs: run each prompt once with both responses packed behind it (not with ld_alpha, "
                     "use_weighting or orpo, which score unpacked rows)",
     "optimizer.name": "adamw | rmsprop | sgd",

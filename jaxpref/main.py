@@ -41,7 +41,7 @@ from jaxpref.runtime.checkpointing import Checkpointer, CheckpointError, sync_pr
 from jaxpref.runtime.metrics_log import MetricsLogger, read_metrics
 from jaxpref.runtime.workdir_lock import WorkdirLock, WorkdirLocked
 from jaxpref.train.loop import NonFiniteError, Preempted, StopSignals
-from jaxpref.train.rounds import Trainer, run_rounds
+from jaxpref.train.rounds import PrecomputeOnly, Trainer, run_rounds
 
 log = logging.getLogger("jaxpref")
 
@@ -205,9 +205,13 @@ def _run(cfg, workdir: str) -> dict:
     method, ctx, policy = job.method, job.ctx, job.ctx.policy
 
     # --- Rounds -----------------------------------------------------------------------------
-    result = run_rounds(method, ctx, job.trainer)
-    job.logger.close()
-    job.checkpointer.close()
+    try:
+        result = run_rounds(method, ctx, job.trainer)
+    except PrecomputeOnly as done:
+        return _precompute_summary(cfg, workdir, done, time.perf_counter() - t_start)
+    finally:
+        job.logger.close()
+        job.checkpointer.close()
 
     # --- Eval and outputs -------------------------------------------------------------------
     losses = method.objectives(cfg)
@@ -217,7 +221,7 @@ def _run(cfg, workdir: str) -> dict:
                "judge": cfg.judge.kind if method.uses_judge else None, "sft": policy.info,
                **sharding.describe(ctx.mesh), **method.summarize(ctx, result),
                "train_tokens_per_second": result.tokens_per_second, "train_step_seconds": result.step_seconds,
-               "skipped_steps": result.skipped_steps}
+               "skipped_steps": result.skipped_steps, "reference_cache": job.trainer.reference_cache}
     if method.uses_judge:
         summary["judge_calls"] = int(sum(r.get("judge_calls", 0) for r in result.history))
     if method.evaluate_policy and ctx.can_evaluate:
@@ -246,6 +250,20 @@ def _run(cfg, workdir: str) -> dict:
                                     base_model=policy.info.get("model_path", ""))
     log.info("summary: %s", json.dumps({k: v for k, v in summary.items()
                                         if k not in ("examples", "rounds", "iterations", "curves")}))
+    return summary
+
+
+def _precompute_summary(cfg, workdir: str, done: PrecomputeOnly, seconds: float) -> dict:
+    """``summary.json`` of a ``precompute_only`` job: where the reference log-probs are cached."""
+    if done.cache is None:
+        raise ConfigError("config.precompute_only: this job's first round has no precomputed frozen reference "
+                          "(precompute_ref_logps=False, a trust-region reference, KTO's kl rows, or ref_cache=False)")
+    summary = {"method": cfg.method, "job": cfg.job, "precompute_only": True, "round": done.round_name,
+               "reference_cache": done.cache["path"], "cache_hit": done.cache["hit"], "wall_seconds": seconds}
+    if distributed.is_main_process():
+        write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
+    log.info("precompute_only: reference log-probs %s %s; stopping before training",
+             "found in" if done.cache["hit"] else "written to", done.cache["path"])
     return summary
 
 

@@ -11,6 +11,11 @@ import os
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
 
+# Reference log-prob caches of the tests' jobs (and their subprocesses) live for one session only.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("JAXPREF_REF_CACHE_DIR", tempfile.mkdtemp(prefix="jaxpref_ref_cache_"))
+
 import pytest  # noqa: E402
 
 

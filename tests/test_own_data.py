@@ -112,7 +112,7 @@ def test_epochs_eval_split_and_short_run_reference(tmp_path, hf_ckpt, monkeypatc
     real = rounds.reference_logps_of
     monkeypatch.setattr(rounds, "reference_logps_of", lambda m, p, data, *a, **k: scored.append(len(data))
                         or real(m, p, data, *a, **k))
-    summary = run(own_cfg("dpo", hf_ckpt, str(folder), num_epochs=0.5), str(tmp_path / "run"))
+    summary = run(own_cfg("dpo", hf_ckpt, str(folder), num_epochs=0.5, ref_cache=False), str(tmp_path / "run"))
     assert summary["steps"] == 5  # ceil(0.5 * 80 / 8)
     assert summary["held_out_pairs"] == 12 and "test" in summary["held_out_from"]
     lo, hi = summary["held_out_reward_accuracy_ci95"]

@@ -29,7 +29,9 @@ from jaxpref.config import as_record
 from jaxpref.data.batches import packed_length
 from jaxpref.data.stream import BatchStream
 from jaxpref.data.training_set import TrainingSet
+from jaxpref.infer import reference_cache
 from jaxpref.infer.scoring import reference_logps_of
+from jaxpref.models.llama import logits_chunk_length
 from jaxpref.objectives import PAIR, hparams_of, objective_of
 from jaxpref.runtime import sharding
 from jaxpref.runtime.checkpointing import Checkpointer, CheckpointError
@@ -162,6 +164,7 @@ class Trainer:
             self.lora_models = (lora_model(model, spec), lora_model(model, spec, dropout=0.0))
         self._layouts: dict[bool, tuple[TrainState, Any]] = {}
         self._steps: dict[tuple, CompileAhead] = {}
+        self.reference_cache: dict | None = None  # {"path", "hit"} of the last cached reference pass
 
     # --- compiled pieces, built once per job -----------------------------------------------
 
@@ -255,7 +258,9 @@ class Trainer:
         if plan["precompute"]:
             data = self._with_reference_logps(data, names, stream, rnd.steps, ref_params, buckets=buckets,
                                               share_prompt=plan["share_prompt"], packed=packed,
-                                              scoring=plan["scoring"])
+                                              scoring=plan["scoring"], cache=not rnd.sampled)
+        if self.cfg.get("precompute_only", False):
+            raise PrecomputeOnly(rnd.name, self.reference_cache)
         if save_data_to is not None and state is None and jax.process_index() == 0:
             os.makedirs(os.path.dirname(save_data_to), exist_ok=True)
             data.save(save_data_to)
@@ -347,10 +352,12 @@ class Trainer:
         return state
 
     def _with_reference_logps(self, data: TrainingSet, names, stream: BatchStream, steps: int, ref_params, *,
-                              buckets, share_prompt: bool, packed, scoring: Scoring = PLAIN) -> TrainingSet:
+                              buckets, share_prompt: bool, packed, scoring: Scoring = PLAIN,
+                              cache: bool = False) -> TrainingSet:
         """``data`` with ``ref_<group>`` extras for the rows the round's ``steps`` batches use: every row
         when the round covers an epoch or more, else only those (the others NaN), so a short run
-        on a large dataset scores a few batches, not the whole set."""
+        on a large dataset scores a few batches, not the whole set. ``cache``: read them from, or
+        write them to, the on-disk cache (``infer.reference_cache``; ``config.ref_cache``)."""
         if steps * stream.batch_size >= len(data):
             used = np.arange(len(data))
         else:
@@ -363,9 +370,24 @@ class Trainer:
         if len(used) < len(data):
             log.info("reference log-probs for the %d of %d examples the round's %d steps use", len(used), len(data),
                      steps)
-        logps = reference_logps_of(self.model, ref_params, subset, names, pad_id=self.pad_id, buckets=buckets,
-                                   batch_size=self.cfg.batch_size, share_prompt=share_prompt, packed=packed,
-                                   mesh=self.mesh, scoring=scoring)
+        settings = {"names": list(names), "share_prompt": share_prompt, "packed": packed, "buckets": list(buckets),
+                    "batch_size": self.cfg.batch_size, "scoring": scoring._asdict(), "pad_id": self.pad_id,
+                    "dtype": str(getattr(self.model, "dtype", "")),
+                    "logits_chunk": logits_chunk_length(self.model)}
+        entry = self._cache_entry(subset, ref_params, settings) if cache else None
+        logps = reference_cache.load(*entry, names, len(subset)) if entry else None
+        if logps is not None:
+            log.info("reference log-probs of %d examples read from %s: no reference pass", len(subset),
+                     reference_cache.entry_path(*entry))
+            self.reference_cache = {"path": reference_cache.entry_path(*entry), "hit": True}
+        else:
+            logps = reference_logps_of(self.model, ref_params, subset, names, pad_id=self.pad_id, buckets=buckets,
+                                       batch_size=self.cfg.batch_size, share_prompt=share_prompt, packed=packed,
+                                       mesh=self.mesh, scoring=scoring)
+            if entry:
+                path = reference_cache.save(*entry, logps, {**settings, "examples": len(subset)})
+                log.info("reference log-probs cached in %s", path)
+                self.reference_cache = {"path": path, "hit": False}
         if subset is not data:
             full = {}
             for k, v in logps.items():
@@ -374,8 +396,28 @@ class Trainer:
             logps = full
         return data.with_extras(**logps)
 
+    def _cache_entry(self, subset: TrainingSet, ref_params, settings: dict) -> tuple[str, str] | None:
+        """``(folder, key)`` of the reference cache entry for these examples, or None when caching is off."""
+        if not self.cfg.get("ref_cache", False):
+            return None
+        folder = self.cfg.get("ref_cache_dir", "") or reference_cache.default_dir()
+        key = reference_cache.cache_key(params_digest=reference_cache.params_fingerprint(ref_params),
+                                        data_digest=reference_cache.examples_digest(subset.examples),
+                                        settings=settings)
+        return folder, key
+
     def round_data_path(self, index: int) -> str | None:
         return None if self.round_dir is None else os.path.join(self.round_dir, f"round_{index}.npz")
+
+
+class PrecomputeOnly(Exception):
+    """Raised after a round's reference log-probs were computed (or found) with
+    ``config.precompute_only``: the job stops before training. ``cache``: the cache entry
+    (``{"path", "hit"}``), or None when the round has no precomputed reference."""
+
+    def __init__(self, round_name: str, cache: dict | None):
+        super().__init__(round_name)
+        self.round_name, self.cache = round_name, cache
 
 
 def slim_state(state: TrainState, saved: dict) -> TrainState:
