@@ -92,7 +92,7 @@ def jaxpref_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     cfg = load_config("dpo")
     overrides = {"model.name": "hf", "model.path": spec["hf_dir"], "model.dtype": spec["dtype"],
-                 "model.logits_chunk": spec["logits_chunk"], "model.remat": spec.get("remat", False),
+                 "model.logits_chunk": spec["logits_chunk"], "model.remat": "on" if spec.get("remat") else "off",
                  "data.source": spec["data_dir"],
                  "data.max_length": spec["max_length"], "data.max_prompt_length": spec["max_prompt_length"],
                  "data.eval_fraction": 0.0, "batch_size": spec["batch_size"], "num_steps": spec["steps"] + 1,

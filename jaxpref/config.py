@@ -68,7 +68,7 @@ def get_base_config() -> ml_collections.ConfigDict:
             num_layers=2,
             num_heads=4,
             num_kv_heads=2,
-            remat=False,
+            remat="auto",  # recompute each layer in the backward: auto (on for hidden_size >= 512) | on | off
             scan_unroll=0,  # layers per scan iteration: 0 auto (all if <= 8 layers), -1 all, 1 rolled
             logits_chunk=0,  # LM-head positions per chunk in the train step: 0 auto (128 if vocab >= 16k), -1 off
         )
@@ -118,6 +118,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Pairs: run each prompt once, chosen and rejected completions packed behind it
     # (jaxpref.data.batches.pack_shared_prompt); same log-probs, fewer tokens through the model.
     c.share_prompt = True
+    # ...and padding-free: several pairs per packed row (first-fit by length), each attending only
+    # to itself, so a batch of mixed lengths is not padded to its longest pair.
+    c.padding_free = True
 
     # Clipped AdamW (or rmsprop / sgd), linear warmup, cosine decay to final_lr_fraction * learning_rate.
     c.optimizer = ml_collections.ConfigDict(
@@ -219,7 +222,8 @@ CHECKS: dict[str, Check] = {
     "model.dtype": Check(str, choices=("float32", "bfloat16")),
     "model.param_dtype": Check(str, choices=("", "float32", "bfloat16")),
     "model.hidden_size": POSITIVE_INT, "model.intermediate_size": POSITIVE_INT, "model.num_layers": POSITIVE_INT,
-    "model.num_heads": POSITIVE_INT, "model.num_kv_heads": POSITIVE_INT, "model.remat": FLAG,
+    "model.num_heads": POSITIVE_INT, "model.num_kv_heads": POSITIVE_INT,
+    "model.remat": Check(str, choices=("auto", "on", "off")),
     "model.scan_unroll": Check(int, low=-1), "model.logits_chunk": Check(int, low=-1),
     "sft.num_examples": POSITIVE_INT, "sft.steps": POSITIVE_INT, "sft.batch_size": POSITIVE_INT,
     "sft.learning_rate": POSITIVE,
@@ -227,7 +231,7 @@ CHECKS: dict[str, Check] = {
     "data.on_bad_row": Check(str, choices=("error", "drop")),
     "ref_update_every": NON_NEGATIVE_INT, "ref_update_alpha": PROBABILITY, "precompute_ref_logps": FLAG,
     "ref_cache": FLAG, "ref_cache_dir": Check(str), "precompute_only": FLAG,
-    "share_prompt": FLAG,
+    "share_prompt": FLAG, "padding_free": FLAG,
     "optimizer.name": Check(str, choices=OPTIMIZERS),
     "optimizer.learning_rate": Check(float, low=0, low_open=True, high=FLOAT32_MAX),
     "optimizer.warmup_steps": NON_NEGATIVE_INT, "optimizer.weight_decay": NON_NEGATIVE,
@@ -401,7 +405,7 @@ HELP: dict[str, str] = {
     "model.hidden_size": "tiny model: width", "model.intermediate_size": "tiny model: MLP width",
     "model.num_layers": "tiny model: layers", "model.num_heads": "tiny model: attention heads",
     "model.num_kv_heads": "tiny model: key/value heads (grouped-query attention)",
-    "model.remat": "recompute activations in the backward pass (less memory, more compute)",
+    "model.remat": "recompute each layer in the backward pass: auto (on for hidden_size >= 512) | on | off",
     "model.scan_unroll": "layers per scan iteration: 0 auto, -1 all, 1 rolled",
     "model.logits_chunk": "train step: LM-head positions per chunk, so [B, T, V] logits never exist: 0 auto, -1 off",
     "sft.num_examples": "tiny model SFT: examples", "sft.steps": "tiny model SFT: steps",
@@ -422,6 +426,7 @@ HELP: dict[str, str] = {
     "ref_cache": "precomputed reference log-probs: reuse them from (and save them to) ref_cache_dir",
     "ref_cache_dir": "reference log-prob cache (default ~/.cache/jaxpref/reference_logps or $JAXPREF_CACHE_DIR)",
     "precompute_only": "compute (or find) the reference log-probs, write the cache, and stop before training",
+    "padding_free": "share_prompt packing puts several pairs per row (not with grad_accum_steps > 1)",
     "share_prompt": "pairs: run each prompt once with both responses packed behind it (not with ld_alpha, "
                     "use_weighting or orpo, which score unpacked rows)",
     "optimizer.name": "adamw | rmsprop | sgd",

@@ -60,7 +60,7 @@ def tiny_job():
 def batch_stream() -> BatchStream:
     """This process's slice of every global batch of the tiny job."""
     return BatchStream(TASK.preference_dataset(seed=0, n=64), batch_size=BATCH_SIZE, pad_id=0, buckets=BUCKETS,
-                       process_index=jax.process_index(), process_count=jax.process_count())
+                       process_index=jax.process_index(), process_count=jax.process_count(), padding_free=True)
 
 
 def prompts() -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +81,8 @@ def single_device_run(compiler_options: dict | None = None) -> dict:
     _, params, tx, step = tiny_job()
     state = create_train_state(params, tx, rng=jax.random.PRNGKey(0), with_reference=True)
     step_fn = jax.jit(step, compiler_options=compiler_options)
-    stream = BatchStream(TASK.preference_dataset(seed=0, n=64), batch_size=BATCH_SIZE, pad_id=0, buckets=BUCKETS)
+    stream = BatchStream(TASK.preference_dataset(seed=0, n=64), batch_size=BATCH_SIZE, pad_id=0, buckets=BUCKETS,
+                         padding_free=True)
     losses = []
     for i in range(STEPS):
         state, metrics = step_fn(state, *packed_groups(stream, i))
@@ -90,9 +91,10 @@ def single_device_run(compiler_options: dict | None = None) -> dict:
 
 
 def packed_groups(stream: BatchStream, step: int):
-    """This process's ``(groups, extras)`` for ``step``, pairs packed behind their prompt with
-    the global batch's packed sizes (as ``jaxpref.main`` does by default)."""
-    return batch_groups(stream.batch_at(step), share_prompt=True, packed_sizes=stream.packed_sizes(step))
+    """This process's ``(groups, extras)`` for ``step``, pairs packed behind their prompt, several
+    per row, with the global batch's packed sizes (as ``jaxpref.main`` does by default)."""
+    return batch_groups(stream.batch_at(step), share_prompt=True, packed_sizes=stream.packed_sizes(step),
+                        padding_free=stream.padding_free, first_pair=stream.first_pair)
 
 
 def greedy_samples(params, batch) -> SampleOutput:
@@ -115,6 +117,7 @@ def train(mesh, steps: int = STEPS):
     state = create_sharded_train_state(params, tx, shardings, rng=jax.random.PRNGKey(0), with_reference=True)
     step_fn = sharding.jit_train_step(step, shardings, mesh)
     stream = batch_stream()
+    stream.row_multiple = max(1, mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count())  # even row shards
     losses = []
     for i in range(steps):
         groups, extras = packed_groups(stream, i)

@@ -156,10 +156,13 @@ def test_model_remat_reaches_the_policy_and_leaves_results_unchanged(sft_cache):
     cfg = toy(load_config("dpo"), sft_cache)
     mesh, rules = sharding.make_mesh(cfg.mesh), sharding.resolve_rules(cfg.mesh.rules)
     plain = resolve_policy(cfg, mesh, rules)
-    cfg.model.remat = True
+    cfg.model.remat = "on"
     cfg.model.scan_unroll = 1
     remat = resolve_policy(cfg, mesh, rules)
-    assert remat.model.remat is True and plain.model.remat is False
+    assert remat.model.remat is True and plain.model.remat is False  # auto: off for the toy model
+    from jaxpref.policy import remat_of
+
+    assert remat_of("auto", 576) and not remat_of("auto", 64) and not remat_of("off", 576) and remat_of("on", 64)
     assert remat.model.scan_unroll == 1 and plain.model.scan_unroll == 0
     pairs = plain.task.preference_dataset(cfg.seed, cfg.data.num_pairs)[:8]
     groups, _ = batch_groups(collate_pairs(pairs, pad_id=plain.pad_id, buckets=[32]))

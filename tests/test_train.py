@@ -251,18 +251,28 @@ def _random_pairs(rng, n, vocab, *, max_prompt, max_completion):
             for i in range(n)]
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mistral_window", "qwen2"])
-def test_shared_prompt_logps_equal_separate_sequences(model_type):
-    """Packing each pair behind one prompt (with gradients) gives the unpacked log-probs."""
+@pytest.mark.parametrize("model_type,padding_free", [("llama", False), ("mistral_window", False), ("qwen2", False),
+                                                    ("llama", True), ("mistral_window", True)])
+def test_shared_prompt_logps_equal_separate_sequences(model_type, padding_free):
+    """Packing each pair behind one prompt (with gradients) gives the unpacked log-probs; so does
+    padding-free packing of several pairs per row (each pair sees only itself)."""
     extra = dict(model_type="mistral", sliding_window=4) if model_type == "mistral_window" else {}
     if model_type == "qwen2":
         extra = dict(model_type="qwen2", tie_word_embeddings=False)
     model, params = init_model({**CFG, **extra}, seed=3)
     params = jax.tree.map(lambda x: x * 4.0, params)  # sharper distributions than at init
-    pairs = _random_pairs(np.random.default_rng(0), 6, CFG["vocab_size"], max_prompt=9, max_completion=7)
-    groups, _ = batch_groups(collate_pairs(pairs, pad_id=0, buckets=[24]), share_prompt=True)
+    rng = np.random.default_rng(0)
+    pairs = _random_pairs(rng, 6, CFG["vocab_size"], max_prompt=9, max_completion=7)
+    if padding_free:  # a long pair sets the row length; the short ones share rows
+        pairs += _random_pairs(rng, 4, CFG["vocab_size"], max_prompt=3, max_completion=2)
+        pairs[3] = PairExample(pairs[3].prompt + [5] * 8, pairs[3].chosen + [6] * 5, pairs[3].rejected)
+    groups, _ = batch_groups(collate_pairs(pairs, pad_id=0, buckets=[48]), share_prompt=True,
+                             padding_free=padding_free)
     packed = groups["shared_prompt"]
-    assert packed.ids.shape[1] < 2 * 24  # the prompt is stored once
+    assert packed.ids.shape[1] < 2 * 48  # the prompt is stored once
+    if padding_free:
+        assert packed.ids.shape[0] < len(pairs) and packed.segment.max() > 3  # some row holds 2+ pairs
+        assert packed.pair_slots.shape == (len(pairs),)
     separate = {n: groups[n] for n in ("chosen", "rejected")}
 
     def total(p, g):
@@ -354,20 +364,47 @@ def test_pack_shared_prompt_layout_and_errors():
         pack_shared_prompt(bad)
 
 
+def test_padding_free_layout_rows_and_sizes():
+    from jaxpref.data.batches import pack_bins, pack_shared_prompt, packed_sizes
+
+    assert pack_bins([5, 9, 3, 7, 2], 10) == [[1], [2, 3], [0, 4]]  # longest first, first fit
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_bins([11], 10)
+    pairs = [PairExample([5, 6], [7, 8, 9], [10]), PairExample([11], [12], [13, 14])]
+    batch = collate_pairs(pairs, pad_id=0, buckets=[8])
+    packed = pack_shared_prompt(batch, multi=True, sizes=(16, 8, 2))  # room for both in row 0
+    assert packed.ids.shape == (2, 16) and not packed.segment[1].any()  # row 1: padding (row_multiple)
+    assert packed.ids[0, :11].tolist() == [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0]
+    assert packed.positions[0, :10].tolist() == [0, 1, 2, 3, 4, 2, 0, 1, 1, 2]  # the second pair restarts
+    assert packed.segment[0, :11].tolist() == [1, 1, 2, 2, 2, 3, 4, 5, 6, 6, 0]
+    assert packed.target_ids[0, :7].tolist() == [7, 8, 9, 10, 12, 13, 14]
+    assert packed.source_index[0, :7].tolist() == [1, 2, 3, 1, 6, 6, 8]
+    assert packed.target_pair[0, :7].tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert packed_sizes(pairs, multi=True) == (16, 16, 1)
+    assert packed_sizes(pairs * 2, multi=True, slices=2, row_multiple=2) == (16, 16, 2)
+    with pytest.raises(ValueError, match="rows"):
+        pack_shared_prompt(collate_pairs(pairs * 3, pad_id=0, buckets=[8]), multi=True, sizes=(8, 8, 2))
+
+
 def test_packed_shapes_agree_across_processes():
     """Each process packs its slice of the global batch with the global batch's sizes."""
     from jaxpref.data import BatchStream
     from jaxpref.data.batches import pack_shared_prompt, packed_sizes
 
     pairs = _random_pairs(np.random.default_rng(1), 16, CFG["vocab_size"], max_prompt=12, max_completion=9)
-    streams = [BatchStream(pairs, batch_size=8, pad_id=0, buckets=[32], process_index=i, process_count=2)
-               for i in (0, 1)]
-    for step in range(3):
-        sizes = streams[0].packed_sizes(step)
-        assert sizes == streams[1].packed_sizes(step)
-        shapes = {batch_groups(s.batch_at(step), share_prompt=True, packed_sizes=sizes)[0]["shared_prompt"].ids.shape
-                  for s in streams}
-        assert shapes == {(4, sizes[0])}
+    for padding_free in (False, True):
+        streams = [BatchStream(pairs, batch_size=8, pad_id=0, buckets=[32], process_index=i, process_count=2,
+                               padding_free=padding_free, row_multiple=2) for i in (0, 1)]
+        for step in range(3):
+            sizes = streams[0].packed_sizes(step)
+            assert sizes == streams[1].packed_sizes(step)
+            packed = [batch_groups(s.batch_at(step), share_prompt=True, packed_sizes=sizes, padding_free=padding_free,
+                                   first_pair=s.first_pair)[0]["shared_prompt"] for s in streams]
+            assert {p.ids.shape for p in packed} == {(sizes[2] if padding_free else 4, sizes[0])}
+            # pair indices are global: process 1 packs pairs 4..7 of the global batch
+            for k, p in enumerate(packed):
+                assert set(p.target_pair[p.target_segment > 0].tolist()) == set(range(4 * k, 4 * k + 4))
+            assert not padding_free or sizes[2] % 2 == 0
     batch = collate_pairs(pairs[:4], pad_id=0, buckets=[32])
     length, width = packed_sizes(pairs[:4])
     with pytest.raises(ValueError, match="does not fit"):

@@ -64,11 +64,17 @@ class SharedPromptPairs(NamedTuple):
     RoPE positions they have in their own sequence, so the log-probs equal those of the two
     separate sequences while the prompt's layers run once instead of twice.
 
-    ``ids``, ``positions``, ``segment``: ``[B, Tp]`` int32; segment 0 padding, 1 prompt,
-    2 chosen, 3 rejected.
-    ``target_ids``, ``source_index``, ``target_segment``: ``[B, N]`` int32, one entry per
-    scored completion token: its id, the packed index whose output predicts it (the
-    previous token of its own sequence), and its segment (0 on padding entries).
+    Padding-free packing (``pack_shared_prompt(multi=True)``) puts several pairs in a row:
+    pair slot ``k`` of a row has segments ``3k + 1`` (prompt), ``3k + 2``, ``3k + 3``, positions
+    restarting at 0, and no attention to the other pairs.
+
+    ``ids``, ``positions``, ``segment``: ``[R, Tp]`` int32; segment 0 padding, ``3k + 1`` prompt,
+    ``3k + 2`` chosen, ``3k + 3`` rejected (``R = B`` and ``k = 0`` with one pair per row).
+    ``target_ids``, ``source_index``, ``target_segment``, ``target_pair``: ``[R, N]`` int32, one
+    entry per scored completion token: its id, the packed index whose output predicts it (the
+    previous token of its own sequence), its segment (0 on padding entries), and its pair's index
+    in the batch.
+    ``pair_slots``: ``[B]`` zeros, one per pair (its length is the batch's pair count).
     """
 
     ids: np.ndarray
@@ -77,6 +83,8 @@ class SharedPromptPairs(NamedTuple):
     target_ids: np.ndarray
     source_index: np.ndarray
     target_segment: np.ndarray
+    target_pair: np.ndarray
+    pair_slots: np.ndarray
 
 
 class PairExample(NamedTuple):
@@ -208,7 +216,8 @@ def pairs_to_unpaired(examples: Sequence[PairExample]) -> list[UnpairedExample]:
     return out
 
 
-PROMPT, CHOSEN, REJECTED = 1, 2, 3  # SharedPromptPairs.segment values (0 is padding)
+PROMPT, CHOSEN, REJECTED = 1, 2, 3  # SharedPromptPairs.segment values of a row's first pair (0 is padding)
+SLOT = 3  # pair k of a row has segments 3k + PROMPT, 3k + CHOSEN, 3k + REJECTED
 
 
 def packed_length(n: int, smallest: int = 16) -> int:
@@ -221,29 +230,70 @@ def packed_length(n: int, smallest: int = 16) -> int:
         b *= 2
 
 
-def packed_sizes(examples: Sequence[PairExample]) -> tuple[int, int]:
-    """``(Tp, N)`` that ``pack_shared_prompt`` needs for these pairs (rounded by ``packed_length``).
+def _pair_length(e) -> int:
+    return len(e.prompt) + len(e.chosen) + len(e.rejected)
 
-    With several processes, compute it over the global batch and pass it to every process's
-    ``pack_shared_prompt`` so all of them build the same shapes (``BatchStream.packed_sizes``).
+
+def pack_bins(lengths: Sequence[int], row_length: int) -> list[list[int]]:
+    """First-fit decreasing: groups of indices whose ``lengths`` sum to at most ``row_length``
+    (the longest first, ties by index, so the same lengths always give the same rows)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            if lengths[i] > row_length:
+                raise ValueError(f"a pair of {lengths[i]} tokens does not fit rows of {row_length}")
+            rows.append([i])
+            room.append(row_length - lengths[i])
+    return [sorted(r) for r in rows]
+
+
+def packed_sizes(examples: Sequence[PairExample], *, multi: bool = False, slices: int = 1,
+                 row_multiple: int = 1) -> tuple[int, ...]:
+    """The sizes ``pack_shared_prompt`` needs for these pairs (rounded by ``packed_length``):
+    ``(Tp, N)`` with one pair per row; with ``multi`` (padding-free: several pairs per row)
+    ``(Tp, N, R)``, ``R`` rows per slice.
+
+    ``slices``: the examples are ``slices`` equal contiguous parts packed separately (one per
+    process); ``R`` is the most rows any part needs, rounded up to a multiple of ``row_multiple``
+    (each process's share of the mesh's batch axes). Compute it over the global batch and pass it
+    to every process's ``pack_shared_prompt`` so all of them build the same shapes
+    (``BatchStream.packed_sizes``).
     """
-    length = max(len(e.prompt) + len(e.chosen) + len(e.rejected) for e in examples)
-    width = max(len(e.chosen) + len(e.rejected) for e in examples)
-    return packed_length(length), packed_length(width)
+    length = packed_length(max(_pair_length(e) for e in examples))
+    if not multi:
+        return length, packed_length(max(len(e.chosen) + len(e.rejected) for e in examples))
+    per = len(examples) // slices
+    rows, width = 1, 1
+    for k in range(slices):
+        part = examples[k * per:(k + 1) * per]
+        bins = pack_bins([_pair_length(e) for e in part], length)
+        rows = max(rows, len(bins))
+        width = max(width, *(sum(len(part[i].chosen) + len(part[i].rejected) for i in b) for b in bins))
+    return length, packed_length(width), -(-rows // row_multiple) * row_multiple
 
 
 def pack_shared_prompt(
-    batch: PairedBatch, *, pad_id: int = 0, sizes: tuple[int, int] | None = None
+    batch: PairedBatch, *, pad_id: int = 0, sizes: tuple[int, ...] | None = None, multi: bool = False,
+    first_pair: int = 0,
 ) -> SharedPromptPairs:
     """Packs each pair of ``batch`` (right-padded, one prompt per row) behind one copy of its prompt.
 
-    A completion token is scored when it is not the first token of its sequence, as in
-    ``losses.sequence_logps``. Raises ``ValueError`` naming the row if a row's chosen and
-    rejected prompts differ. ``sizes``: ``(Tp, N)``, e.g. ``packed_sizes`` of the global
-    batch; by default this batch's own, rounded up by ``packed_length`` so that few shapes
-    are compiled.
+    ``multi`` (padding-free packing): several pairs share a row (``pack_bins``), each with its
+    own segments ``SLOT * k + {PROMPT, CHOSEN, REJECTED}``, restarted positions, and attention
+    that never crosses pairs. A completion token is scored when it is not the first token of its
+    sequence, as in ``losses.sequence_logps``. Raises ``ValueError`` naming the row if a row's
+    chosen and rejected prompts differ. ``sizes``: ``(Tp, N)`` or, with ``multi``, ``(Tp, N, R)``,
+    e.g. ``packed_sizes`` of the global batch; by default this batch's own, rounded up by
+    ``packed_length`` so that few shapes are compiled. ``first_pair``: the global index of the
+    batch's first pair (``target_pair`` indexes the global batch when processes each pack a slice).
     """
-    rows = []
+    pairs = []
     for b in range(batch.chosen_ids.shape[0]):
         parts = {}
         for name, ids, attn, comp in (
@@ -255,33 +305,48 @@ def pack_shared_prompt(
         prompt = parts["chosen"][0]
         if not np.array_equal(prompt, parts["rejected"][0]):
             raise ValueError(f"row {b}: the chosen and rejected sequences have different prompts")
-        rows.append((prompt, parts["chosen"][1], parts["rejected"][1]))
+        pairs.append(PairExample(prompt, parts["chosen"][1], parts["rejected"][1]))
 
-    length, width = sizes or packed_sizes([PairExample(*row) for row in rows])
-    if any(len(p) + len(c) + len(r) > length or len(c) + len(r) > width for p, c, r in rows):
+    sizes = sizes or packed_sizes(pairs, multi=multi)
+    length, width = sizes[:2]
+    if multi:
+        rows = pack_bins([_pair_length(e) for e in pairs], length)
+        n = sizes[2]
+        if len(rows) > n:
+            raise ValueError(f"the pairs need {len(rows)} rows, more than the packed sizes' R = {n}")
+    else:
+        rows, n = [[b] for b in range(len(pairs))], len(pairs)
+    if any(_pair_length(pairs[i]) > length for i in range(len(pairs))) or any(
+            sum(len(pairs[i].chosen) + len(pairs[i].rejected) for i in r) > width for r in rows):
         raise ValueError(f"a pair does not fit the packed sizes (Tp, N) = {(length, width)}")
-    n = len(rows)
     ids = np.full((n, length), pad_id, np.int32)
     positions = np.zeros((n, length), np.int32)
     segment = np.zeros((n, length), np.int32)
     target_ids = np.full((n, width), pad_id, np.int32)
     source_index = np.zeros((n, width), np.int32)
     target_segment = np.zeros((n, width), np.int32)
-    for b, (prompt, chosen, rejected) in enumerate(rows):
-        lp = len(prompt)
-        ids[b, :lp], positions[b, :lp], segment[b, :lp] = prompt, np.arange(lp), PROMPT
-        start, k = lp, 0
-        for seg, completion in ((CHOSEN, chosen), (REJECTED, rejected)):
-            lc = len(completion)
-            ids[b, start : start + lc] = completion
-            positions[b, start : start + lc] = lp + np.arange(lc)
-            segment[b, start : start + lc] = seg
-            for j in range(lc):
-                if lp + j == 0:
-                    continue  # the first token of a sequence is never predicted
-                target_ids[b, k] = completion[j]
-                source_index[b, k] = start + j - 1 if j > 0 else lp - 1
-                target_segment[b, k] = seg
-                k += 1
-            start += lc
-    return SharedPromptPairs(ids, positions, segment, target_ids, source_index, target_segment)
+    target_pair = np.zeros((n, width), np.int32)
+    for r, members in enumerate(rows):
+        start, k = 0, 0
+        for slot, p in enumerate(members):
+            prompt, chosen, rejected = pairs[p][:3]
+            lp, base = len(prompt), SLOT * slot
+            ids[r, start:start + lp], positions[r, start:start + lp] = prompt, np.arange(lp)
+            segment[r, start:start + lp] = base + PROMPT
+            prompt_end, start = start + lp, start + lp
+            for seg, completion in ((base + CHOSEN, chosen), (base + REJECTED, rejected)):
+                lc = len(completion)
+                ids[r, start:start + lc] = completion
+                positions[r, start:start + lc] = lp + np.arange(lc)
+                segment[r, start:start + lc] = seg
+                for j in range(lc):
+                    if lp + j == 0:
+                        continue  # the first token of a sequence is never predicted
+                    target_ids[r, k] = completion[j]
+                    source_index[r, k] = start + j - 1 if j > 0 else prompt_end - 1
+                    target_segment[r, k] = seg
+                    target_pair[r, k] = first_pair + p
+                    k += 1
+                start += lc
+    return SharedPromptPairs(ids, positions, segment, target_ids, source_index, target_segment, target_pair,
+                             np.zeros(len(pairs), np.int32))

@@ -54,6 +54,9 @@ class BatchStream:
       kl: unpaired examples also get KTO's mismatched KL rows (``collate_unpaired``).
       fixed_packed_sizes: ``(Tp, N)`` for every batch's shared-prompt packing instead of each
         batch's own (``packed_sizes``), so that every step has one shape.
+      padding_free: shared-prompt packing puts several pairs per row (``packed_sizes`` then
+        gives ``(Tp, N, R)``); ``row_multiple``: ``R`` per process is a multiple of this (the
+        process's share of the mesh's batch axes).
       order: ``"epochs"`` (the module docstring) or ``"replacement"``: every global batch is
         ``B`` indices drawn uniformly with replacement, the draws of
         ``numpy.random.default_rng([seed, 7])`` in step order (still a pure function of the step).
@@ -74,6 +77,8 @@ class BatchStream:
         kl: bool = True,
         fixed_packed_sizes: tuple[int, int] | None = None,
         order: str = "epochs",
+        padding_free: bool = False,
+        row_multiple: int = 1,
     ):
         fewest = 1 if order == "replacement" else batch_size  # draws with replacement can repeat rows
         if batch_size < 1 or len(examples) < fewest:
@@ -102,6 +107,7 @@ class BatchStream:
         self.process_count = process_count
         self.kl = kl
         self.fixed_packed_sizes = fixed_packed_sizes
+        self.padding_free, self.row_multiple = padding_free and fixed_packed_sizes is None, row_multiple
         self.order = order
         self._draws: np.ndarray = np.zeros((0, batch_size), np.int64)
         if kind is PairExample:
@@ -165,14 +171,20 @@ class BatchStream:
         # A single allowed bucket makes every process pad to the global batch's length.
         return self._collate(groups[self.process_index], pad_id=self.pad_id, buckets=(length,))
 
-    def packed_sizes(self, step: int) -> tuple[int, int] | None:
+    @property
+    def first_pair(self) -> int:
+        """The global batch index of this process's first example."""
+        return self.process_index * self.local_batch_size
+
+    def packed_sizes(self, step: int) -> tuple[int, ...] | None:
         """``batches.packed_sizes`` of global ``step``'s pairs (the same on every process);
         ``None`` for unpaired examples."""
         if not self._paired:
             return None
         if self.fixed_packed_sizes is not None:
             return self.fixed_packed_sizes
-        return packed_sizes([self.examples[i] for i in self.global_indices(step)])
+        return packed_sizes([self.examples[i] for i in self.global_indices(step)], multi=self.padding_free,
+                            slices=self.process_count, row_multiple=self.row_multiple)
 
     def iterate(self, start_step: int = 0) -> Iterator[Batch]:
         """Endless batches ``batch_at(start_step)``, ``batch_at(start_step + 1)``, ..."""

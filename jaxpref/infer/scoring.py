@@ -104,14 +104,16 @@ def reward_model_scores(model, params, prompts: TokenLists, responses: TokenList
 def reference_logps_of(model, ref_params, data: TrainingSet, names: tuple[str, ...], *, pad_id: int,
                        buckets: Sequence[int], batch_size: int, share_prompt: bool = False,
                        packed: tuple[int, int] | None = None, mesh: Mesh | None = None,
-                       scoring: Scoring = PLAIN) -> dict[str, np.ndarray]:
+                       scoring: Scoring = PLAIN, padding_free: bool = False,
+                       row_multiple: int = 1) -> dict[str, np.ndarray]:
     """Reference log-probs of every example of ``data``: ``{"ref_<name>": [N] float32}``.
 
     Batches are built exactly as for training (``collate_pairs`` / ``collate_unpaired``, and the
     shared-prompt packing with ``share_prompt``), in dataset order; only per-example groups can
     be scored this way (not KTO's ``kl`` rows, which depend on the batch); ``scoring``: as the
     train step scores them (LD-DPO weights). A single bucket
-    (``buckets=(T,)``) and ``packed=(Tp, N)`` give every batch the same shapes.
+    (``buckets=(T,)``) and ``packed=(Tp, N)`` give every batch the same shapes. ``padding_free``,
+    ``row_multiple``: several pairs per packed row (as ``data.stream.BatchStream``), unless ``packed``.
     """
     if "kl" in names:
         raise ValueError("KTO's kl rows depend on the batch: their reference log-probs cannot be precomputed")
@@ -124,8 +126,11 @@ def reference_logps_of(model, ref_params, data: TrainingSet, names: tuple[str, .
         if paired:
             length = bucket_length(max(len(e.prompt) + max(len(e.chosen), len(e.rejected)) for e in whole), buckets)
             batch = collate_pairs(chunk, pad_id=pad_id, buckets=(length,))
-            sizes = (packed or packed_sizes(whole)) if share_prompt else None
-            return batch_groups(batch, share_prompt=share_prompt, pad_id=pad_id, packed_sizes=sizes)[0]
+            multi = padding_free and not packed
+            sizes = (packed or packed_sizes(whole, multi=multi, slices=jax.process_count(),
+                                            row_multiple=row_multiple)) if share_prompt else None
+            return batch_groups(batch, share_prompt=share_prompt, pad_id=pad_id, packed_sizes=sizes,
+                                padding_free=multi, first_pair=share.start or 0)[0]
         length = bucket_length(unpaired_length(whole, max(buckets), kl=False), buckets)
         return batch_groups(collate_unpaired(chunk, pad_id=pad_id, buckets=(length,), kl=False))[0]
 

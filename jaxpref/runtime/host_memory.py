@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import functools
 import threading
+import time
 
 import jax
 import numpy as np
@@ -60,6 +61,7 @@ class CompileAhead:
         self.jitted = jitted
         self._executables: dict = {}
         self.interrupt = None
+        self.compile_seconds = 0.0  # spent compiling new shapes, in total
 
     def _compile(self, state, batch):
         lowered = self.jitted.lower(state, *batch)
@@ -92,6 +94,8 @@ class CompileAhead:
         key = self._signature(batch)
         compiled = self._executables.get(key)
         if compiled is None:
+            t0 = time.perf_counter()
             compiled = self._executables[key] = self._compile(state, batch)
             release_free_heap()
+            self.compile_seconds += time.perf_counter() - t0
         return compiled(state, *batch)

@@ -105,9 +105,12 @@ class StopSignals:
 
 @dataclasses.dataclass
 class LoopStats:
-    """Totals over the steps run, excluding the interval that held the first compile."""
+    """Totals over the steps run, excluding the interval that held the first compile and the
+    time later compiles of new batch shapes took (``compile_seconds``, all compiles)."""
 
     train_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    tokens_seen: float = 0.0  # every step's tokens, the first interval's included
     train_tokens: float = 0.0
     train_steps: int = 0
     skipped_steps: int = 0
@@ -230,6 +233,8 @@ def _loop(step_fn, state, batch_at, bar, stats, stop_signals, skips, *, start, s
     checked = 0  # pending rows whose skipped flags were already read
     t_interval = time.perf_counter()
     compiled = False
+    compiling = lambda: getattr(step_fn, "compile_seconds", 0.0)  # noqa: E731 - CompileAhead's total
+    compile_mark, compile_start = compiling(), compiling()
 
     def save(done):
         checkpointer.save(done, to_save(state) if to_save else state,
@@ -251,14 +256,17 @@ def _loop(step_fn, state, batch_at, bar, stats, stop_signals, skips, *, start, s
             pending, checked = [], 0
             avg = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
             tokens = float(np.sum([r["tokens"] for r in rows]))
+            stats.tokens_seen += tokens
             stats.skipped_steps += int(np.sum([r.get("skipped", 0) for r in rows]))
             dt = max(time.perf_counter() - t_interval, 1e-9)
-            if compiled:  # the first interval includes compilation
-                stats.train_seconds += dt
+            in_compile, compile_mark = compiling() - compile_mark, compiling()
+            stats.compile_seconds = compiling() - compile_start
+            if compiled:  # the first interval includes compilation; later ones lose their compiles
+                stats.train_seconds += max(dt - in_compile, 1e-9)
                 stats.train_tokens += tokens
                 stats.train_steps += len(rows)
             compiled = True
-            avg["tokens_per_second"] = tokens / dt
+            avg["tokens_per_second"] = tokens / max(dt - in_compile, 1e-9)
             del avg["tokens"]
             if logger is not None:
                 logger.write(done, avg)

@@ -222,8 +222,17 @@ class Trainer:
         if share and scoring != PLAIN:  # LD-DPO, WPO and ORPO's NLL read per-sequence logits: rows stay unpacked
             log.info("%s: share_prompt packing is off (ld_alpha, use_weighting and orpo score unpacked rows)", rnd.name)
             share = False
+        # Several pairs per packed row: not with fixed shapes (online rounds compile one step) nor with
+        # gradient accumulation (micro-batches split rows and pairs alike).
+        padding_free = (share and bool(self.cfg.get("padding_free", False)) and not rnd.shapes
+                        and self.cfg.get("grad_accum_steps", 1) == 1)
         return {"objective": objective, "precompute": precompute, "share_prompt": share, "scoring": scoring,
-                "with_reference": objective.needs_reference and not precompute}
+                "with_reference": objective.needs_reference and not precompute, "padding_free": padding_free}
+
+    @property
+    def row_multiple(self) -> int:
+        """Packed rows per process come in multiples of this: its share of the mesh's batch axes."""
+        return max(1, self.mesh.shape["data"] * self.mesh.shape["fsdp"] // jax.process_count())
 
     def train(self, rnd: Round, params, *, first_step: int, state: TrainState | None = None,
               meta=None, save_data_to: str | None = None) -> RoundResult:
@@ -254,11 +263,13 @@ class Trainer:
             order = "replacement"
         stream = BatchStream(data.examples, batch_size=self.cfg.batch_size, pad_id=self.pad_id, buckets=buckets,
                              seed=rnd.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-                             kl="kl" in names, fixed_packed_sizes=packed, order=order)
+                             kl="kl" in names, fixed_packed_sizes=packed, order=order,
+                             padding_free=plan["padding_free"], row_multiple=self.row_multiple)
         if plan["precompute"]:
             data = self._with_reference_logps(data, names, stream, rnd.steps, ref_params, buckets=buckets,
                                               share_prompt=plan["share_prompt"], packed=packed,
-                                              scoring=plan["scoring"], cache=not rnd.sampled)
+                                              scoring=plan["scoring"], cache=not rnd.sampled,
+                                              padding_free=plan["padding_free"])
         if self.cfg.get("precompute_only", False):
             raise PrecomputeOnly(rnd.name, self.reference_cache)
         if save_data_to is not None and state is None and jax.process_index() == 0:
@@ -274,7 +285,8 @@ class Trainer:
         def batch_at(step):
             local = step - first_step
             groups, batch_extras = batch_groups(stream.batch_at(local), share_prompt=plan["share_prompt"],
-                                                pad_id=self.pad_id, packed_sizes=stream.packed_sizes(local))
+                                                pad_id=self.pad_id, packed_sizes=stream.packed_sizes(local),
+                                                padding_free=plan["padding_free"], first_pair=stream.first_pair)
             groups = {k: v for k, v in groups.items() if k in names or k == "shared_prompt"}
             idx = stream.local_indices(local)
             batch_extras = {**batch_extras, **{k: v[idx] for k, v in extras.items()}}
@@ -353,7 +365,7 @@ class Trainer:
 
     def _with_reference_logps(self, data: TrainingSet, names, stream: BatchStream, steps: int, ref_params, *,
                               buckets, share_prompt: bool, packed, scoring: Scoring = PLAIN,
-                              cache: bool = False) -> TrainingSet:
+                              cache: bool = False, padding_free: bool = False) -> TrainingSet:
         """``data`` with ``ref_<group>`` extras for the rows the round's ``steps`` batches use: every row
         when the round covers an epoch or more, else only those (the others NaN), so a short run
         on a large dataset scores a few batches, not the whole set. ``cache``: read them from, or
@@ -371,6 +383,7 @@ class Trainer:
             log.info("reference log-probs for the %d of %d examples the round's %d steps use", len(used), len(data),
                      steps)
         settings = {"names": list(names), "share_prompt": share_prompt, "packed": packed, "buckets": list(buckets),
+                    "padding_free": padding_free, "row_multiple": self.row_multiple,
                     "batch_size": self.cfg.batch_size, "scoring": scoring._asdict(), "pad_id": self.pad_id,
                     "dtype": str(getattr(self.model, "dtype", "")),
                     "logits_chunk": logits_chunk_length(self.model)}
@@ -383,7 +396,8 @@ class Trainer:
         else:
             logps = reference_logps_of(self.model, ref_params, subset, names, pad_id=self.pad_id, buckets=buckets,
                                        batch_size=self.cfg.batch_size, share_prompt=share_prompt, packed=packed,
-                                       mesh=self.mesh, scoring=scoring)
+                                       mesh=self.mesh, scoring=scoring, padding_free=padding_free,
+                                       row_multiple=self.row_multiple)
             if entry:
                 path = reference_cache.save(*entry, logps, {**settings, "examples": len(subset)})
                 log.info("reference log-probs cached in %s", path)
@@ -461,6 +475,16 @@ class JobResult:
         """Mean wall time of a train step (the same steps as ``tokens_per_second``)."""
         steps = sum(s.train_steps for s in self.stats)
         return sum(s.train_seconds for s in self.stats) / steps if steps else None
+
+    @property
+    def trained_tokens(self) -> float:
+        """Real (non-padding) tokens of every step this run trained on."""
+        return sum(s.tokens_seen for s in self.stats)
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling train steps for new batch shapes (not in ``step_seconds``)."""
+        return sum(s.compile_seconds for s in self.stats)
 
     @property
     def skipped_steps(self) -> int:

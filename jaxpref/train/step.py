@@ -22,6 +22,7 @@ from jaxpref.data.batches import (
     CHOSEN,
     PROMPT,
     REJECTED,
+    SLOT,
     PairedBatch,
     SharedPromptPairs,
     UnpairedBatch,
@@ -45,14 +46,18 @@ def batch_groups(
     *,
     share_prompt: bool = False,
     pad_id: int = 0,
-    packed_sizes: tuple[int, int] | None = None,
+    packed_sizes: tuple[int, ...] | None = None,
+    padding_free: bool = False,
+    first_pair: int = 0,
 ) -> tuple[dict[str, Sequences], dict[str, jax.Array]]:
     """Splits a collated (host) batch into sequence groups and per-example extras.
 
     ``share_prompt``: pairs also get ``groups[SHARED_PROMPT]`` (``batches.pack_shared_prompt``),
     and ``grouped_logps`` then scores chosen and rejected from it, running each prompt once.
-    ``packed_sizes``: the global batch's ``(Tp, N)`` when several processes each pack a slice
-    (``BatchStream.packed_sizes``).
+    ``padding_free``: several pairs per packed row (``pack_shared_prompt(multi=True)``).
+    ``packed_sizes``: the global batch's ``(Tp, N)`` (``(Tp, N, R)`` padding-free) when several
+    processes each pack a slice (``BatchStream.packed_sizes``); ``first_pair``: the global index
+    of this slice's first pair (``BatchStream.first_pair``).
     """
     if isinstance(batch, PairedBatch):
         groups = {
@@ -62,7 +67,8 @@ def batch_groups(
         if batch.sample_ids is not None:
             groups["sample"] = Sequences(batch.sample_ids, batch.sample_attention_mask, batch.sample_completion_mask)
         if share_prompt:
-            groups[SHARED_PROMPT] = pack_shared_prompt(batch, pad_id=pad_id, sizes=packed_sizes)
+            groups[SHARED_PROMPT] = pack_shared_prompt(batch, pad_id=pad_id, sizes=packed_sizes,
+                                                         multi=padding_free, first_pair=first_pair)
         return groups, {}
     if isinstance(batch, UnpairedBatch):
         groups = {"completion": Sequences(batch.ids, batch.attention_mask, batch.completion_mask)}
@@ -75,14 +81,17 @@ def batch_groups(
 def shared_prompt_logps(model, params, packed: SharedPromptPairs) -> dict[str, jax.Array]:
     """``{"chosen": [B], "rejected": [B]}`` summed completion log-probs from packed pairs.
 
-    One forward over ``[B, Tp]``: a token sees the earlier tokens of the prompt and of its
-    own completion (sliding windows by position distance); the LM head runs only at the
-    ``[B, N]`` outputs that score completion tokens. Equal to ``grouped_logps`` on the
-    unpacked sequences up to float rounding.
+    One forward over ``[R, Tp]``: a token sees the earlier tokens of its pair's prompt and of
+    its own completion (sliding windows by position distance), never another pair's; the LM
+    head runs only at the ``[R, N]`` outputs that score completion tokens, which are summed
+    into their pair's entry. Equal to ``grouped_logps`` on the unpacked sequences up to float
+    rounding.
     """
     seg, pos = packed.segment, packed.positions
     index = jnp.arange(seg.shape[1])
-    same_branch = (seg[:, None, :] == PROMPT) | (seg[:, None, :] == seg[:, :, None])
+    slot, branch = (seg - 1) // SLOT, (seg - 1) % SLOT + 1  # pair slot and PROMPT/CHOSEN/REJECTED
+    same_pair = slot[:, None, :] == slot[:, :, None]
+    same_branch = same_pair & ((branch[:, None, :] == PROMPT) | (seg[:, None, :] == seg[:, :, None]))
     attend = same_branch & (index[None, None, :] <= index[None, :, None]) & (seg[:, None, :] > 0)
     if model.config.sliding_window is not None:
         attend &= (pos[:, :, None] - pos[:, None, :]) < model.config.sliding_window
@@ -95,10 +104,14 @@ def shared_prompt_logps(model, params, packed: SharedPromptPairs) -> dict[str, j
     else:
         logits, _ = model.apply({"params": params}, packed.ids, pos, attend, output_index=packed.source_index)
         target_logps = token_logps(logits, packed.target_ids)
-    return {
-        name: jnp.sum(jnp.where(packed.target_segment == seg_id, target_logps, 0.0), axis=-1)
-        for name, seg_id in (("chosen", CHOSEN), ("rejected", REJECTED))
-    }
+    pairs = packed.pair_slots.shape[0]
+    target_branch = (packed.target_segment - 1) % SLOT + 1
+    out = {}
+    for name, branch_id in (("chosen", CHOSEN), ("rejected", REJECTED)):
+        counted = (packed.target_segment > 0) & (target_branch == branch_id)
+        values = jnp.where(counted, target_logps, 0.0)
+        out[name] = jax.ops.segment_sum(values.reshape(-1), packed.target_pair.reshape(-1), num_segments=pairs)
+    return out
 
 
 class Scoring(NamedTuple):
@@ -181,24 +194,23 @@ def chunked_token_logps(hidden_bte: jax.Array, head_ev: jax.Array, targets_bt: j
       targets_bt: ``[B, T]`` int next-token ids.
       counted_bt: ``[B, T]`` bool; uncounted positions score 0 and their hidden states are zeroed
         before the head (a non-finite one reaches neither a value nor a gradient).
-      chunk: positions per chunk (``T`` is padded up to a multiple).
+      chunk: positions per chunk (the last one may be shorter).
 
     Returns ``[B, T]`` float32.
     """
-    b, t, e = hidden_bte.shape
+    t = hidden_bte.shape[1]
     hidden_bte = jnp.where(counted_bt[..., None], hidden_bte, jnp.zeros((), hidden_bte.dtype))
-    n = -(-t // chunk)
-    pad = n * chunk - t
-    h = jnp.pad(hidden_bte, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, e).swapaxes(0, 1)
-    y = jnp.pad(targets_bt, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
 
     @jax.checkpoint
-    def one(args):
-        h_bce, y_bc = args
+    def one(h_bce, y_bc):
         logits = jnp.einsum("bce,ev->bcv", h_bce, head_ev, preferred_element_type=jnp.float32)
         return token_logps(logits, y_bc)
 
-    out = jax.lax.map(one, (h, y)).swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+    # A static loop, not lax.map: XLA schedules the chunks' head matmuls and their weight
+    # gradients as plain ops (measured on SmolLM2 8 x 256 on CPU: 18.4 s/step unrolled, 22.2 s
+    # with lax.map, 18.7 s unchunked; step temporaries 1.08 / 0.74 / 1.27 GiB).
+    out = jnp.concatenate([one(hidden_bte[:, i:i + chunk], targets_bt[:, i:i + chunk]) for i in range(0, t, chunk)],
+                          axis=1)
     return jnp.where(counted_bt, out, 0.0)
 
 
