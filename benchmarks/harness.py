@@ -30,6 +30,14 @@ import numpy as np
 PAD_ID = 0
 EOS_ID = 1
 FIRST_WORD_ID = 2  # ids >= 2 are ordinary "words"
+# English-like words of the benchmarks that tokenize real text (SmolLM2 rows of exact token counts).
+WORDS = ("the movie hotel food service staff room was were is and but very really quite not so too great good bad "
+         "terrible wonderful awful fine okay amazing boring slow fast friendly rude clean dirty cheap expensive "
+         "I we they you it this that my our your their a an of to in on at for with about after before during "
+         "think felt liked loved hated enjoyed visited ordered stayed watched read played found said asked told "
+         "would could should will can may might must again never always often sometimes maybe perhaps because "
+         "when while although however therefore also only just even still already yet soon later today"
+         ).split()
 
 
 @dataclasses.dataclass(frozen=True)

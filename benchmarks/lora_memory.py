@@ -30,13 +30,6 @@ from typing import Any
 import harness
 
 ROOT = Path(__file__).resolve().parent.parent
-WORDS = ("the movie hotel food service staff room was were is and but very really quite not so too great good bad "
-         "terrible wonderful awful fine okay amazing boring slow fast friendly rude clean dirty cheap expensive "
-         "I we they you it this that my our your their a an of to in on at for with about after before during "
-         "think felt liked loved hated enjoyed visited ordered stayed watched read played found said asked told "
-         "would could should will can may might must again never always often sometimes maybe perhaps because "
-         "when while although however therefore also only just even still already yet soon later today"
-         ).split()
 LORA = {"rank": 16, "alpha": 16.0}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -49,7 +42,7 @@ def make_pairs(tokenizer, n: int, *, max_length: int, max_prompt_length: int, se
     rng = np.random.default_rng(seed)
 
     def text(tokens: int) -> str:
-        words = list(rng.choice(WORDS, size=max(1, tokens)))
+        words = list(rng.choice(harness.WORDS, size=max(1, tokens)))
         out = " ".join(words)
         while len(tokenizer(out, add_special_tokens=False)["input_ids"]) > tokens and len(words) > 1:
             words.pop()
