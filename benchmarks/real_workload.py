@@ -132,7 +132,8 @@ def _jaxpref_cfg(spec: dict[str, Any], name: str, overrides: dict):
 
     cfg = load_config(name)
     for k, v in {"model.name": "hf", "model.path": spec["hf_dir"], "ref_cache_dir": spec["cache_dir"],
-                 "log_every": 1, "checkpoint_every": 10_000, **overrides}.items():
+                 "log_every": 1, "checkpoint_every": 10_000, "overwrite": True,  # a benchmark run starts over
+                 **overrides}.items():
         set_field(cfg, k, v)
     return cfg
 
