@@ -88,6 +88,9 @@ def get_base_config() -> ml_collections.ConfigDict:
             num_pairs=4096,
             max_length=32,
             max_prompt_length=16,
+            # > 0: each batch takes pairs (in shuffled order) up to this many tokens (prompt +
+            # responses); batch_size then caps the pairs per batch. Pairwise losses only.
+            max_tokens_per_batch=0,
             on_bad_row="drop",
             eval_source="",  # held-out data (same formats); "" -> the source's eval_split, else eval_fraction of it
             eval_split="test",
@@ -123,9 +126,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.padding_free = True
 
     # Clipped AdamW (or rmsprop / sgd), linear warmup, cosine decay to final_lr_fraction * learning_rate.
+    # lora_learning_rate > 0 replaces learning_rate when LoRA is on (adapters want ~10x more).
     c.optimizer = ml_collections.ConfigDict(
         dict(name="adamw", learning_rate=3e-4, warmup_steps=20, weight_decay=0.0, max_grad_norm=1.0,
-             final_lr_fraction=0.1)
+             final_lr_fraction=0.1, lora_learning_rate=0.0)
     )
     c.batch_size = 32
     c.num_steps = 300
@@ -228,12 +232,14 @@ CHECKS: dict[str, Check] = {
     "sft.num_examples": POSITIVE_INT, "sft.steps": POSITIVE_INT, "sft.batch_size": POSITIVE_INT,
     "sft.learning_rate": POSITIVE,
     "data.num_pairs": POSITIVE_INT, "data.max_length": Check(int, low=2), "data.max_prompt_length": POSITIVE_INT,
+    "data.max_tokens_per_batch": NON_NEGATIVE_INT,
     "data.on_bad_row": Check(str, choices=("error", "drop")),
     "ref_update_every": NON_NEGATIVE_INT, "ref_update_alpha": PROBABILITY, "precompute_ref_logps": FLAG,
     "ref_cache": FLAG, "ref_cache_dir": Check(str), "precompute_only": FLAG,
     "share_prompt": FLAG, "padding_free": FLAG,
     "optimizer.name": Check(str, choices=OPTIMIZERS),
     "optimizer.learning_rate": Check(float, low=0, low_open=True, high=FLOAT32_MAX),
+    "optimizer.lora_learning_rate": Check(float, low=0, high=FLOAT32_MAX),
     "optimizer.warmup_steps": NON_NEGATIVE_INT, "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.max_grad_norm": POSITIVE, "optimizer.final_lr_fraction": Check(float, low=0, high=1),
     "data.eval_source": Check(str), "data.eval_split": Check(str),
@@ -331,6 +337,7 @@ def validate_config(cfg, objectives: Iterable[str] = ()) -> None:
             require(name in read or cfg[name] == hp.default, name,
                     f"set to {cfg[name]!r}, but the job's loss ({', '.join(objectives)}) does not read it")
         _check_loss_combination(cfg, rows)
+        _check_token_budget(cfg, rows)
     if cfg.ref_update_every > 0:
         require(cfg.ref_update_alpha > 0, "ref_update_alpha", "must be > 0 when ref_update_every > 0")
     require(cfg.data.max_prompt_length < cfg.data.max_length, "data.max_prompt_length",
@@ -343,6 +350,19 @@ def validate_config(cfg, objectives: Iterable[str] = ()) -> None:
         require(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads", "must divide model.num_heads")
         require((m.hidden_size // m.num_heads) % 2 == 0, "model.num_heads",
                 "hidden_size / num_heads (the head dim) must be even for RoPE")
+
+
+def _check_token_budget(cfg, rows) -> None:
+    """``data.max_tokens_per_batch`` needs pairwise losses that average over pairs (filler slots
+    must not change a batch statistic) and no gradient accumulation."""
+    if not cfg.data.get("max_tokens_per_batch", 0):
+        return
+    key = "data.max_tokens_per_batch"
+    for o in rows:
+        require(o.paired and not o.batch_statistic, key,
+                f"loss {cfg.loss!r} {'reads whole-batch statistics' if o.paired else 'trains on unpaired rows'}; "
+                "a token budget needs a pairwise loss averaged over pairs")
+    require(cfg.get("grad_accum_steps", 1) == 1, key, "not with grad_accum_steps > 1")
 
 
 def _check_lora(cfg) -> None:
@@ -416,6 +436,7 @@ HELP: dict[str, str] = {
     "data.num_pairs": "built-in task: preference pairs to generate",
     "data.max_length": "longest prompt + response, in tokens (longer responses are cut)",
     "data.max_prompt_length": "longest prompt, in tokens (longer prompts keep their end)",
+    "data.max_tokens_per_batch": "> 0: a token budget per batch (prompt + responses); batch_size caps its pairs",
     "data.on_bad_row": "a row with a missing/empty/invalid field: drop (counted) | error (names file, row, field)",
     "data.eval_source": "held-out data in the same format (default: data.source's eval_split, else eval_fraction)",
     "data.eval_split": "split of data.source used as held-out data when it has one",
@@ -431,6 +452,7 @@ HELP: dict[str, str] = {
                     "use_weighting or orpo, which score unpacked rows)",
     "optimizer.name": "adamw | rmsprop | sgd",
     "optimizer.learning_rate": "peak learning rate",
+    "optimizer.lora_learning_rate": "peak learning rate when LoRA is on (0: optimizer.learning_rate)",
     "optimizer.warmup_steps": "linear warmup steps",
     "optimizer.weight_decay": "decoupled weight decay",
     "optimizer.max_grad_norm": "clip the gradient's global norm to this",

@@ -210,3 +210,21 @@ def test_lora_dropout_keeps_the_model_settings_and_draws_masks_from_the_rng():
     a, b, c = (forward(m, full, IDS) for m in wrapped)
     np.testing.assert_array_equal(a, b)
     assert float(jnp.abs(a - c).max()) > 1e-4
+
+
+@pytest.mark.parametrize("use_lora,want", [(False, 0.1), (True, 1.0)])
+def test_lora_learning_rate_replaces_the_full_models_with_lora_on(use_lora, want):
+    """``optimizer.lora_learning_rate`` is the peak rate of a LoRA run only (one config, both kinds)."""
+    import ml_collections
+
+    from jaxpref.train.optim import make_optimizer, peak_learning_rate, start_schedule
+
+    ocfg = ml_collections.ConfigDict(dict(name="sgd", learning_rate=0.1, lora_learning_rate=1.0, warmup_steps=0,
+                                          weight_decay=0.0, max_grad_norm=float("inf"), final_lr_fraction=1.0))
+    assert peak_learning_rate(ocfg, lora=use_lora) == want
+    tx = make_optimizer(ocfg, lora=use_lora)
+    params = {"w": jnp.zeros(3)}
+    updates, _ = tx.update({"w": jnp.ones(3)}, start_schedule(tx.init(params), 10), params)
+    np.testing.assert_allclose(updates["w"], -want, rtol=1e-6)
+    ocfg.lora_learning_rate = 0.0  # unset: LoRA trains at learning_rate too
+    assert peak_learning_rate(ocfg, lora=True) == 0.1

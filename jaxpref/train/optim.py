@@ -60,13 +60,21 @@ def scale_by_warmup_cosine(peak: float, warmup_steps: int, end_fraction: float =
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(ocfg) -> optax.GradientTransformation:
+def peak_learning_rate(ocfg, *, lora: bool = False) -> float:
+    """``ocfg.learning_rate``, or with ``lora`` its ``lora_learning_rate`` where that is set (> 0):
+    adapters usually want a larger rate than the full model (about 10x), so one config can serve
+    both."""
+    lora_lr = ocfg.get("lora_learning_rate", 0.0) or 0.0
+    return float(lora_lr) if lora and lora_lr > 0 else float(ocfg.learning_rate)
+
+
+def make_optimizer(ocfg, *, lora: bool = False) -> optax.GradientTransformation:
     """Clipped AdamW / RMSprop / SGD with the warmup-cosine schedule of the module docstring.
 
-    ``ocfg``: ``name`` (adamw | rmsprop | sgd), ``learning_rate``, ``warmup_steps``,
-    ``weight_decay`` (AdamW), ``max_grad_norm`` (``inf``: no clipping) and optionally
-    ``final_lr_fraction`` (the cosine's end value over the peak, default 0.1). Set the run length
-    with ``start_schedule``.
+    ``ocfg``: ``name`` (adamw | rmsprop | sgd), ``learning_rate`` (with ``lora``:
+    ``peak_learning_rate``), ``warmup_steps``, ``weight_decay`` (AdamW), ``max_grad_norm``
+    (``inf``: no clipping) and optionally ``final_lr_fraction`` (the cosine's end value over the
+    peak, default 0.1). Set the run length with ``start_schedule``.
     """
     if ocfg.name == "adamw":
         direction = optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(ocfg.weight_decay))
@@ -76,7 +84,8 @@ def make_optimizer(ocfg) -> optax.GradientTransformation:
         direction = optax.identity()
     else:
         raise ValueError(f"config.optimizer.name: unknown optimizer {ocfg.name!r}; known: {', '.join(OPTIMIZERS)}")
-    schedule = scale_by_warmup_cosine(ocfg.learning_rate, ocfg.warmup_steps, ocfg.get("final_lr_fraction", 0.1))
+    schedule = scale_by_warmup_cosine(peak_learning_rate(ocfg, lora=lora), ocfg.warmup_steps,
+                                      ocfg.get("final_lr_fraction", 0.1))
     if ocfg.max_grad_norm == float("inf"):
         return optax.chain(direction, schedule)
     return optax.chain(optax.clip_by_global_norm(ocfg.max_grad_norm), direction, schedule)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpref.config import as_record
+from jaxpref.config import as_record, require
 from jaxpref.data.batches import packed_length
 from jaxpref.data.stream import BatchStream
 from jaxpref.data.training_set import TrainingSet
@@ -38,7 +38,7 @@ from jaxpref.runtime.checkpointing import Checkpointer, CheckpointError
 from jaxpref.runtime.compiler_options import train_compiler_options
 from jaxpref.runtime.host_memory import CompileAhead
 from jaxpref.train.loop import LoopStats, run_steps
-from jaxpref.train.optim import extend_schedule, make_optimizer
+from jaxpref.train.optim import extend_schedule, make_optimizer, peak_learning_rate
 from jaxpref.train.state import (
     TrainState,
     create_train_state,
@@ -149,7 +149,9 @@ class Trainer:
         self.model, self.cfg, self.mesh, self.rules = model, cfg, mesh, rules
         self.pad_id, self.buckets = pad_id, tuple(buckets)
         self.logger, self.checkpointer, self.round_dir = logger, checkpointer, round_dir
-        self.tx = make_optimizer(cfg.optimizer)
+        self.tx = make_optimizer(cfg.optimizer, lora=lora is not None)
+        log.info("optimizer %s, peak learning rate %g%s", cfg.optimizer.name,
+                 peak_learning_rate(cfg.optimizer, lora=lora is not None), " (LoRA)" if lora is not None else "")
         # The job's config as JSON data, recorded in every checkpoint (resume refuses a changed config).
         self.config_record = as_record(cfg) if hasattr(cfg, "to_json_best_effort") else None
         self.param_shardings = sharding.param_shardings(start_params, mesh, rules)
@@ -227,7 +229,18 @@ class Trainer:
         padding_free = (share and bool(self.cfg.get("padding_free", False)) and not rnd.shapes
                         and self.cfg.get("grad_accum_steps", 1) == 1)
         return {"objective": objective, "precompute": precompute, "share_prompt": share, "scoring": scoring,
-                "with_reference": objective.needs_reference and not precompute, "padding_free": padding_free}
+                "with_reference": objective.needs_reference and not precompute, "padding_free": padding_free,
+                "max_tokens": self._token_budget(rnd, objective)}
+
+    def _token_budget(self, rnd: Round, objective) -> int:
+        """``data.max_tokens_per_batch`` where ``rnd`` can use it (0: batches of ``batch_size`` pairs)."""
+        budget = int(self.cfg.data.get("max_tokens_per_batch", 0)) if "data" in self.cfg else 0
+        if not budget:
+            return 0
+        # (the losses were checked with the config: pairwise, no batch statistic, no accumulation)
+        require(not rnd.shapes and objective.paired, "data.max_tokens_per_batch",
+                f"round {rnd.name!r} trains on batches of one fixed shape; set it to 0")
+        return budget
 
     @property
     def row_multiple(self) -> int:
@@ -257,14 +270,17 @@ class Trainer:
         if not data.examples:
             raise RuntimeError(f"{rnd.name}: no training examples (an online round drops prompts whose samples "
                                "all tie; sample more prompts or responses)")
-        if len(data.examples) < self.cfg.batch_size and order == "epochs":
+        if len(data.examples) < self.cfg.batch_size and order == "epochs" and not plan["max_tokens"]:
             log.warning("%s: %d examples < batch_size %d: batches draw them with replacement", rnd.name,
                         len(data.examples), self.cfg.batch_size)
             order = "replacement"
-        stream = BatchStream(data.examples, batch_size=self.cfg.batch_size, pad_id=self.pad_id, buckets=buckets,
-                             seed=rnd.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-                             kl="kl" in names, fixed_packed_sizes=packed, order=order,
-                             padding_free=plan["padding_free"], row_multiple=self.row_multiple)
+        if plan["max_tokens"]:
+            stream = self._budget_stream(data, plan, rnd, buckets)
+        else:
+            stream = BatchStream(data.examples, batch_size=self.cfg.batch_size, pad_id=self.pad_id, buckets=buckets,
+                                 seed=rnd.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+                                 kl="kl" in names, fixed_packed_sizes=packed, order=order,
+                                 padding_free=plan["padding_free"], row_multiple=self.row_multiple)
         if plan["precompute"]:
             data = self._with_reference_logps(data, names, stream, rnd.steps, ref_params, buckets=buckets,
                                               share_prompt=plan["share_prompt"], packed=packed,
@@ -289,6 +305,10 @@ class Trainer:
                                                 padding_free=plan["padding_free"], first_pair=stream.first_pair)
             groups = {k: v for k, v in groups.items() if k in names or k == "shared_prompt"}
             idx = stream.local_indices(local)
+            weights = stream.local_weights(local)  # token budget: 0 on filler slots
+            if weights is not None:
+                idx = np.maximum(idx, 0)
+                batch_extras["pair_weight"] = weights
             batch_extras = {**batch_extras, **{k: v[idx] for k, v in extras.items()}}
             batch = sharding.global_batch(groups, self.mesh), sharding.global_batch(batch_extras, self.mesh)
             return batch if self.lora is None else (*batch, self.start_params)
@@ -304,6 +324,18 @@ class Trainer:
             max_consecutive_skips=self.cfg.get("max_consecutive_skips", 20),
             to_save=lambda s: slim_state(s, self.saved_parts(rnd, plan)))
         return RoundResult(self.policy_params(state.params), stats, data)
+
+    def _budget_stream(self, data: TrainingSet, plan: dict, rnd: Round, buckets) -> BatchStream:
+        """The round's ``BatchStream`` under ``data.max_tokens_per_batch`` (a pair over it: one line)."""
+        try:
+            return BatchStream(data.examples, batch_size=self.cfg.batch_size, pad_id=self.pad_id, buckets=buckets,
+                               seed=rnd.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+                               kl=False, order="epochs", padding_free=plan["padding_free"],
+                               row_multiple=self.row_multiple, max_tokens=plan["max_tokens"])
+        except ValueError as exc:
+            if "token budget" not in str(exc):
+                raise
+            require(False, "data.max_tokens_per_batch", f"{exc}; raise it")
 
     def policy_params(self, trained):
         """The policy a state's params stand for: themselves, or with LoRA the base plus them."""
@@ -370,10 +402,10 @@ class Trainer:
         when the round covers an epoch or more, else only those (the others NaN), so a short run
         on a large dataset scores a few batches, not the whole set. ``cache``: read them from, or
         write them to, the on-disk cache (``infer.reference_cache``; ``config.ref_cache``)."""
-        if steps * stream.batch_size >= len(data):
+        if steps * stream.batch_size >= len(data) and not stream.max_tokens:
             used = np.arange(len(data))
         else:
-            used = np.unique(np.concatenate([stream.global_indices(s) for s in range(max(steps, 1))]))
+            used = stream.used_indices(steps)
         have = all(f"ref_{n}" in data.extras and not np.isnan(data.extras[f"ref_{n}"][used]).any()
                    for n in names)
         if have:
