@@ -84,6 +84,8 @@ def setup(cfg, workdir: str) -> Job:
     method = get_method(cfg.job)
     validate_config(cfg, method.objectives(cfg))
     method.validate(cfg)
+    require(not (method.uses_judge and cfg.data.get("max_tokens_per_batch", 0)), "data.max_tokens_per_batch",
+            f"the {cfg.job} job trains on sampled pairs of one fixed shape; a token budget is for offline data")
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
     check_resume(cfg, workdir, ckpt)

@@ -172,6 +172,16 @@ class Objective:
         return out if isinstance(out, LossOutput) else LossOutput(*out)
 
 
+PAIR_WEIGHT = "pair_weight"  # the batch extra that marks a token-budget batch's filler slots (0)
+
+
+def pair_mean(x: jax.Array, weight: jax.Array | None = None) -> jax.Array:
+    """Mean of ``[B]`` values over the real pairs: ``weight`` ``[B]`` (1 real, 0 filler) or None (all)."""
+    if weight is None:
+        return jnp.mean(x)
+    return jnp.sum(x * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
 def _pair(x: LossInputs):
     return x.policy["chosen"], x.policy["rejected"], x.reference["chosen"], x.reference["rejected"]
 
@@ -452,7 +462,7 @@ def _combined(parts: tuple[str, ...], weights: tuple[float, ...]) -> Objective:
             out = row(x, **{h: hp[h] for h in row.hparams if h in hp})
             outs.append(out)
             total = total + w * out.losses
-            metrics[f"loss_{part}"] = jnp.mean(out.losses)
+            metrics[f"loss_{part}"] = pair_mean(out.losses, x.extras.get(PAIR_WEIGHT))
             metrics.update(out.metrics or {})
             state.update(out.loss_state or {})
         return outs[lead]._replace(losses=total, metrics=metrics, loss_state=state or None)

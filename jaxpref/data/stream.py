@@ -7,6 +7,11 @@ The batch of global step ``s`` is a pure function of ``(examples, seed, s)``:
 - the global batch is ``order[position * B : (position + 1) * B]``; the last ``N % B``
   examples of each epoch's order are dropped.
 
+With a token budget (``max_tokens``) an epoch's order is instead cut into consecutive runs of at
+most ``max_tokens`` tokens and ``B`` pairs (``token_budget_batches``), one per step, the last
+one kept; each global batch is padded to ``B`` slots with one-token filler pairs whose
+``pair_weights`` are 0, so a step's shape does not depend on how many pairs fitted.
+
 So a run resumed at step ``s`` sees exactly the data it would have seen without stopping.
 With ``process_count = P`` each process collates the contiguous slice ``process_index`` of
 size ``B / P`` of every global batch, and all processes pad to the same bucketed length ``T``
@@ -36,6 +41,7 @@ from jaxpref.data.batches import (
 )
 
 Example = PairExample | UnpairedExample
+FILLER = -1  # the global index of a filler slot of a token-budget batch
 ORDERS = ("epochs", "replacement")
 Batch = PairedBatch | UnpairedBatch
 
@@ -60,6 +66,9 @@ class BatchStream:
       order: ``"epochs"`` (the module docstring) or ``"replacement"``: every global batch is
         ``B`` indices drawn uniformly with replacement, the draws of
         ``numpy.random.default_rng([seed, 7])`` in step order (still a pure function of the step).
+      max_tokens: > 0 (pairs, ``"epochs"`` order only): a token budget per global batch
+        (``budget_tokens`` of its pairs), ``B`` then only caps the pairs per batch; the slots
+        not filled hold filler pairs (index ``FILLER``, weight 0 in ``local_weights``).
 
     ``batch_at(step)`` arrays are ``[B / process_count, T]`` (``desirable``: ``[B / P]``).
     """
@@ -79,6 +88,7 @@ class BatchStream:
         order: str = "epochs",
         padding_free: bool = False,
         row_multiple: int = 1,
+        max_tokens: int = 0,
     ):
         fewest = 1 if order == "replacement" else batch_size  # draws with replacement can repeat rows
         if batch_size < 1 or len(examples) < fewest:
@@ -117,6 +127,20 @@ class BatchStream:
             self._length = lambda ex: unpaired_length(ex, max(self.buckets), kl=kl)
         self._paired = kind is PairExample
         self._cached_epoch: tuple[int, np.ndarray] | None = None
+        self.max_tokens = max_tokens
+        if max_tokens:
+            if not self._paired or order != "epochs":
+                raise ValueError("a token budget (max_tokens) needs preference pairs in epoch order")
+            self._tokens = np.array([budget_tokens(e) for e in examples], np.int64)
+            over = np.flatnonzero(self._tokens > max_tokens)
+            if over.size:
+                i = int(over[0])
+                raise ValueError(f"example {i} has {self._tokens[i]} tokens (prompt + responses), more than the "
+                                 f"token budget {max_tokens} of a batch")
+            sample = examples[0].sample is not None
+            self._filler = PairExample([pad_id], [pad_id], [pad_id], [pad_id] if sample else None)
+            self._budget_epochs: list[int] = []  # steps of epochs 0, 1, ... (computed as reached)
+            self._budget_cache: tuple[int, list[np.ndarray]] | None = None
 
     @staticmethod
     def _check_fits(examples: Sequence[Example], buckets: Sequence[int]) -> None:
@@ -129,8 +153,35 @@ class BatchStream:
 
     @property
     def steps_per_epoch(self) -> int:
-        """Full global batches per epoch (the remainder is dropped)."""
+        """Full global batches per epoch (the remainder is dropped); with a token budget, epoch 0's
+        batches (other epochs' counts differ a little)."""
+        if self.max_tokens:
+            return len(self._budget_batches(0))
         return len(self.examples) // self.batch_size
+
+    def _budget_batches(self, epoch: int) -> list[np.ndarray]:
+        if self._budget_cache is None or self._budget_cache[0] != epoch:
+            self._budget_cache = (epoch, token_budget_batches(self._tokens, self.epoch_order(epoch), self.max_tokens,
+                                                              self.batch_size))
+        return self._budget_cache[1]
+
+    def _budget_indices(self, step: int) -> np.ndarray:
+        """``[B]`` global indices of ``step`` under the token budget: its run of the epoch's order
+        dealt round-robin over the process slices, each slice filled up with ``FILLER``."""
+        epoch, first = 0, 0
+        while True:
+            if epoch == len(self._budget_epochs):
+                self._budget_epochs.append(len(self._budget_batches(epoch)))
+            if step < first + self._budget_epochs[epoch]:
+                break
+            first += self._budget_epochs[epoch]
+            epoch += 1
+        run = self._budget_batches(epoch)[step - first]
+        out = np.full((self.process_count, self.local_batch_size), FILLER, np.int64)
+        for k in range(self.process_count):
+            part = run[k::self.process_count]
+            out[k, :len(part)] = part
+        return out.reshape(-1)
 
     @property
     def local_batch_size(self) -> int:
@@ -140,14 +191,15 @@ class BatchStream:
     def epoch_order(self, epoch: int) -> np.ndarray:
         """``[N]`` int64 permutation of example indices for ``epoch``."""
         if self._cached_epoch is None or self._cached_epoch[0] != epoch:
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
-            self._cached_epoch = (epoch, order)
+            self._cached_epoch = (epoch, epoch_order(len(self.examples), self.seed, epoch))
         return self._cached_epoch[1]
 
     def global_indices(self, step: int) -> np.ndarray:
         """``[B]`` example indices of the global batch of ``step``."""
         if step < 0:
             raise ValueError(f"step must be non-negative, got {step}")
+        if self.max_tokens:
+            return self._budget_indices(step)
         if self.order == "replacement":
             if step >= len(self._draws):  # the same stream, drawn further: earlier steps unchanged
                 total = max(step + 1, 2 * len(self._draws))
@@ -163,10 +215,20 @@ class BatchStream:
         """``[B / P]`` indices of the examples in this process's slice of ``step``'s global batch."""
         return self.global_indices(step).reshape(self.process_count, self.local_batch_size)[self.process_index]
 
+    def local_weights(self, step: int) -> np.ndarray | None:
+        """``[B / P]`` float32: 1 for this process's real pairs of ``step``, 0 for filler slots;
+        None without a token budget (every slot is real)."""
+        if not self.max_tokens:
+            return None
+        return (self.local_indices(step) != FILLER).astype(np.float32)
+
+    def _example(self, i: int) -> Example:
+        return self._filler if i == FILLER else self.examples[i]
+
     def batch_at(self, step: int) -> Batch:
         """This process's collated batch for global ``step``; a pure function of (seed, step)."""
         slices = self.global_indices(step).reshape(self.process_count, self.local_batch_size)
-        groups = [[self.examples[i] for i in s] for s in slices]
+        groups = [[self._example(i) for i in s] for s in slices]
         length = bucket_length(max(self._length(g) for g in groups), self.buckets)
         # A single allowed bucket makes every process pad to the global batch's length.
         return self._collate(groups[self.process_index], pad_id=self.pad_id, buckets=(length,))
@@ -183,10 +245,40 @@ class BatchStream:
             return None
         if self.fixed_packed_sizes is not None:
             return self.fixed_packed_sizes
-        return packed_sizes([self.examples[i] for i in self.global_indices(step)], multi=self.padding_free,
+        return packed_sizes([self._example(i) for i in self.global_indices(step)], multi=self.padding_free,
                             slices=self.process_count, row_multiple=self.row_multiple)
+
+    def used_indices(self, steps: int) -> np.ndarray:
+        """Sorted distinct example indices the first ``steps`` global batches use."""
+        used = np.unique(np.concatenate([self.global_indices(s) for s in range(max(steps, 1))]))
+        return used[used != FILLER]
 
     def iterate(self, start_step: int = 0) -> Iterator[Batch]:
         """Endless batches ``batch_at(start_step)``, ``batch_at(start_step + 1)``, ..."""
         for step in itertools.count(start_step):
             yield self.batch_at(step)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """``[n]`` int64: the shuffled example order of ``epoch``."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def budget_tokens(example: PairExample) -> int:
+    """The tokens a pair costs in a token budget: its prompt once plus every response."""
+    return len(example.prompt) + len(example.chosen) + len(example.rejected) + len(example.sample or ())
+
+
+def token_budget_batches(tokens: np.ndarray, order: np.ndarray, max_tokens: int, max_pairs: int) -> list[np.ndarray]:
+    """``order`` (``[N]`` example indices) cut into consecutive runs, each as long as it can be
+    with its ``tokens`` (``[N]`` per example) summing to at most ``max_tokens`` and at most
+    ``max_pairs`` examples; every example of ``order`` is in exactly one run, in order."""
+    runs, start, total = [], 0, 0
+    for j, i in enumerate(order):
+        t = int(tokens[i])
+        if j > start and (total + t > max_tokens or j - start == max_pairs):
+            runs.append(order[start:j])
+            start, total = j, 0
+        total += t
+    runs.append(order[start:])
+    return runs

@@ -97,14 +97,15 @@ def load_own_data(cfg, tokenizer, kind: str, *, source: str | None = None, split
     return list(examples), report.to_dict()
 
 
-def training_steps(cfg, num_examples: int) -> int:
+def training_steps(cfg, num_examples: int, *, epoch_steps: int | None = None) -> int:
     """Steps of a round over ``num_examples`` own examples: ``ceil(num_epochs * N / batch_size)``
-    when ``config.num_epochs > 0``, else ``config.num_steps``; warns when that is many epochs."""
+    (``ceil(num_epochs * epoch_steps)`` when given: a token budget's batches per epoch) when
+    ``config.num_epochs > 0``, else ``config.num_steps``; warns when that is many epochs."""
     require(num_examples >= cfg.batch_size, "batch_size",
             f"{cfg.batch_size} is larger than the {num_examples} training examples; lower it")
-    steps = math.ceil(cfg.num_epochs * num_examples / cfg.batch_size) if cfg.get("num_epochs", 0) > 0 \
-        else cfg.num_steps
-    epochs = steps * cfg.batch_size / num_examples
+    epoch_steps = epoch_steps or num_examples / cfg.batch_size
+    steps = math.ceil(cfg.num_epochs * epoch_steps) if cfg.get("num_epochs", 0) > 0 else cfg.num_steps
+    epochs = steps / epoch_steps
     if epochs > EPOCHS_WARNING:
         log.warning("training %d steps x batch %d = %.1f epochs of %d examples: set config.num_epochs "
                     "(e.g. 1-3) instead of config.num_steps", steps, cfg.batch_size, epochs, num_examples)

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxpref.config import require
 from jaxpref.data.batches import PairExample, pairs_to_unpaired
+from jaxpref.data.stream import budget_tokens, epoch_order, token_budget_batches
 from jaxpref.data.training_set import TrainingSet
 from jaxpref.infer.evaluation import held_out_kto_separation, held_out_preference_accuracy
 from jaxpref.infer.sampling import sample_responses
@@ -173,9 +174,19 @@ def make_round(ctx, index: int) -> Round | None:
     ctx.state["data_report"] = data["report"]
     # The sentiment task's pairs are samples of the starting policy: kept with the checkpoints.
     sampled = ctx.policy.task is not None and not cfg.data.source and not is_echo(ctx)
-    steps = training_steps(cfg, len(data["train"])) if cfg.data.source else cfg.num_steps
+    steps = training_steps(cfg, len(data["train"]), epoch_steps=budget_steps(cfg, data["train"])) \
+        if cfg.data.source else cfg.num_steps
     return Round(cfg.method, data["train"], cfg.loss, steps, seed=cfg.seed, init="sft",
                  reference=reference_rule(cfg), sampled=sampled, shapes=builtin_shapes(ctx))
+
+
+def budget_steps(cfg, train) -> int | None:
+    """Batches in epoch 0 under ``data.max_tokens_per_batch`` (None without a budget)."""
+    budget = cfg.data.get("max_tokens_per_batch", 0)
+    if not budget:
+        return None
+    return len(token_budget_batches(np.array([budget_tokens(e) for e in train.examples]),
+                                    epoch_order(len(train), cfg.seed, 0), budget, cfg.batch_size))
 
 
 def builtin_shapes(ctx) -> tuple[int, int] | None:

@@ -31,7 +31,7 @@ from jaxpref.data.batches import (
 from jaxpref.losses import completion_lengths, counted_token_logps, ld_token_weights, token_logps, wpo_mean_logps
 from jaxpref.models import RewardModel, forward, lora
 from jaxpref.models.llama import lm_head_weights, logits_chunk_length
-from jaxpref.objectives import LossInputs, Objective, Sequences
+from jaxpref.objectives import PAIR_WEIGHT, LossInputs, Objective, Sequences, pair_mean
 from jaxpref.train.state import TrainState, update_reference
 
 Groups = Mapping[str, Sequences]
@@ -263,7 +263,9 @@ def reference_logps(model, ref_params, groups: Groups, names: tuple[str, ...],
                                                scoring._replace(wpo=False, full_chosen=False)))
 
 
-def _masked_mean(x: jax.Array, valid: jax.Array | None) -> jax.Array:
+def _masked_mean(x: jax.Array, valid: jax.Array | None, weight: jax.Array | None = None) -> jax.Array:
+    if weight is not None:
+        valid = weight > 0 if valid is None else valid & (weight > 0)
     if valid is None:
         return jnp.mean(x)
     return jnp.sum(jnp.where(valid, x, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
@@ -289,7 +291,8 @@ def batch_loss(objective: Objective, hparams: Mapping[str, float | bool], policy
     if wpo:
         per_example = per_example * jnp.exp(wpo["chosen"] + wpo["rejected"])
     new_state = {**loss_state, **(out.loss_state or {})}
-    return jnp.mean(per_example), (out._replace(losses=per_example, loss_state=new_state), policy)
+    loss = pair_mean(per_example, extras.get(PAIR_WEIGHT))  # a token-budget batch: its real pairs only
+    return loss, (out._replace(losses=per_example, loss_state=new_state), policy)
 
 
 def make_train_step(
@@ -396,23 +399,25 @@ def make_train_step(
             loss_state=keep(dict(out.loss_state), state.loss_state),
         )
         state = update_reference(state, every=ref_update_every, alpha=ref_update_alpha)
-        chosen_reward = _masked_mean(out.chosen_rewards, out.chosen_valid)
-        rejected_reward = _masked_mean(out.rejected_rewards, out.rejected_valid)
+        weight = extras.get(PAIR_WEIGHT)  # [B] with a token budget: 0 on filler slots
+        mean = lambda x: pair_mean(x, weight)  # noqa: E731
+        chosen_reward = _masked_mean(out.chosen_rewards, out.chosen_valid, weight)
+        rejected_reward = _masked_mean(out.rejected_rewards, out.rejected_valid, weight)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
             "skipped": 1 - finite.astype(jnp.int32),
             "chosen_reward": chosen_reward,
             "rejected_reward": rejected_reward,
-            "tokens": sum(jnp.sum(groups[n].attention_mask) for n in names),
+            "tokens": sum(_real_tokens(groups[n].attention_mask, weight) for n in names),
             **(out.metrics or {}),
         }
         if objective.paired:
-            metrics["reward_accuracy"] = jnp.mean((out.chosen_rewards > out.rejected_rewards).astype(jnp.float32))
-            metrics["reward_margin"] = jnp.mean(out.chosen_rewards - out.rejected_rewards)
+            metrics["reward_accuracy"] = mean((out.chosen_rewards > out.rejected_rewards).astype(jnp.float32))
+            metrics["reward_margin"] = mean(out.chosen_rewards - out.rejected_rewards)
             if objective.model == "lm":
-                metrics["chosen_logps"] = jnp.mean(policy["chosen"])
-                metrics["rejected_logps"] = jnp.mean(policy["rejected"])
+                metrics["chosen_logps"] = mean(policy["chosen"])
+                metrics["rejected_logps"] = mean(policy["rejected"])
         elif out.chosen_valid is not None:  # unpaired (KTO): the desirable and undesirable rows' means
             metrics["reward_margin"] = chosen_reward - rejected_reward
         if ref:
@@ -420,10 +425,17 @@ def make_train_step(
             # clamped mean is KTO's own "kl" metric): a KL(pi || ref) estimate when the responses
             # are policy samples, a drift indicator otherwise.
             scored = [n for n in names if n != "kl"]
-            metrics["kl_estimate"] = jnp.mean(jnp.stack([jnp.mean(policy[n] - ref[n]) for n in scored]))
+            metrics["kl_estimate"] = jnp.mean(jnp.stack([mean(policy[n] - ref[n]) for n in scored]))
         return state, metrics
 
     return step
+
+
+def _real_tokens(attention_mask: jax.Array, weight: jax.Array | None) -> jax.Array:
+    """Tokens of ``[B, T]`` rows, filler slots (``weight`` 0) not counted."""
+    if weight is None:
+        return jnp.sum(attention_mask)
+    return jnp.sum(jnp.sum(attention_mask, axis=-1) * (weight > 0))
 
 
 class _WithRngs:
