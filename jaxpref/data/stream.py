@@ -42,6 +42,10 @@ from jaxpref.data.batches import (
 
 Example = PairExample | UnpairedExample
 FILLER = -1  # the global index of a filler slot of a token-budget batch
+
+
+class TokenBudgetError(ValueError):
+    """An example does not fit the token budget (``BatchStream(max_tokens=...)``)."""
 ORDERS = ("epochs", "replacement")
 Batch = PairedBatch | UnpairedBatch
 
@@ -135,8 +139,8 @@ class BatchStream:
             over = np.flatnonzero(self._tokens > max_tokens)
             if over.size:
                 i = int(over[0])
-                raise ValueError(f"example {i} has {self._tokens[i]} tokens (prompt + responses), more than the "
-                                 f"token budget {max_tokens} of a batch")
+                raise TokenBudgetError(f"example {i} has {self._tokens[i]} tokens (prompt + responses), more than "
+                                       f"the token budget {max_tokens} of a batch")
             sample = examples[0].sample is not None
             self._filler = PairExample([pad_id], [pad_id], [pad_id], [pad_id] if sample else None)
             self._budget_epochs: list[int] = []  # steps of epochs 0, 1, ... (computed as reached)

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpref.config import as_record, require
+from jaxpref.config import ConfigError, as_record, require
 from jaxpref.data.batches import packed_length
-from jaxpref.data.stream import BatchStream
+from jaxpref.data.stream import BatchStream, TokenBudgetError
 from jaxpref.data.training_set import TrainingSet
 from jaxpref.infer import reference_cache
 from jaxpref.infer.scoring import reference_logps_of
@@ -274,13 +274,14 @@ class Trainer:
             log.warning("%s: %d examples < batch_size %d: batches draw them with replacement", rnd.name,
                         len(data.examples), self.cfg.batch_size)
             order = "replacement"
-        if plan["max_tokens"]:
-            stream = self._budget_stream(data, plan, rnd, buckets)
-        else:
+        try:
             stream = BatchStream(data.examples, batch_size=self.cfg.batch_size, pad_id=self.pad_id, buckets=buckets,
                                  seed=rnd.seed, process_index=jax.process_index(), process_count=jax.process_count(),
                                  kl="kl" in names, fixed_packed_sizes=packed, order=order,
-                                 padding_free=plan["padding_free"], row_multiple=self.row_multiple)
+                                 padding_free=plan["padding_free"], row_multiple=self.row_multiple,
+                                 max_tokens=plan["max_tokens"])
+        except TokenBudgetError as exc:
+            raise ConfigError(f"config.data.max_tokens_per_batch: {exc}; raise it") from None
         if plan["precompute"]:
             data = self._with_reference_logps(data, names, stream, rnd.steps, ref_params, buckets=buckets,
                                               share_prompt=plan["share_prompt"], packed=packed,
@@ -324,18 +325,6 @@ class Trainer:
             max_consecutive_skips=self.cfg.get("max_consecutive_skips", 20),
             to_save=lambda s: slim_state(s, self.saved_parts(rnd, plan)))
         return RoundResult(self.policy_params(state.params), stats, data)
-
-    def _budget_stream(self, data: TrainingSet, plan: dict, rnd: Round, buckets) -> BatchStream:
-        """The round's ``BatchStream`` under ``data.max_tokens_per_batch`` (a pair over it: one line)."""
-        try:
-            return BatchStream(data.examples, batch_size=self.cfg.batch_size, pad_id=self.pad_id, buckets=buckets,
-                               seed=rnd.seed, process_index=jax.process_index(), process_count=jax.process_count(),
-                               kl=False, order="epochs", padding_free=plan["padding_free"],
-                               row_multiple=self.row_multiple, max_tokens=plan["max_tokens"])
-        except ValueError as exc:
-            if "token budget" not in str(exc):
-                raise
-            require(False, "data.max_tokens_per_batch", f"{exc}; raise it")
 
     def policy_params(self, trained):
         """The policy a state's params stand for: themselves, or with LoRA the base plus them."""
