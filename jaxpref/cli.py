@@ -84,6 +84,9 @@ def generate(argv: list[str]) -> None:
 
     from jaxpref.infer.text import generate_text
     from jaxpref.models import load_pretrained, load_tokenizer
+    from jaxpref.runtime.torch_free import keep_torch_out
+
+    keep_torch_out()  # tokenizers only: PyTorch stays out of the process
 
     try:
         model, params = load_pretrained(args.model, dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)

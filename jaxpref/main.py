@@ -36,7 +36,7 @@ from jaxpref.methods.context import Context
 from jaxpref.models import count_params, lora
 from jaxpref.objectives import objective_of
 from jaxpref.policy import lora_start, resolve_policy
-from jaxpref.runtime import distributed, sharding
+from jaxpref.runtime import distributed, sharding, torch_free
 from jaxpref.runtime.checkpointing import Checkpointer, CheckpointError, sync_processes
 from jaxpref.runtime.metrics_log import MetricsLogger, read_metrics
 from jaxpref.runtime.workdir_lock import WorkdirLock, WorkdirLocked
@@ -366,6 +366,7 @@ def main(argv) -> None:
 
 def cli(argv: list[str] | None = None) -> None:
     """``python -m jaxpref.main ...`` / ``jaxpref train ...``."""
+    torch_free.keep_torch_out()  # a JAX job: PyTorch stays out of the process (runtime.torch_free)
     app.run(main, argv=argv, flags_parser=_parse_flags)
 
 

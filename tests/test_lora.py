@@ -198,14 +198,14 @@ def test_bf16_compute_keeps_float32_master_weights_unless_asked(tmp_path, param_
 def test_lora_dropout_keeps_the_model_settings_and_draws_masks_from_the_rng():
     """The train step wraps a dropout LoRA model to pass its rng: the wrapper still reports the
     model's settings (the chunked head stays on) and its masks follow the rng."""
-    from jaxpref.models.llama import logits_chunk_length
+    from jaxpref.models.llama import head_block_size
     from jaxpref.train.step import _WithRngs
 
     model, params = init_model(TINY, seed=0)
     spec = lora.LoraSpec(2, 4.0, 0.5)
     adapted = lora.lora_model(model.clone(logits_chunk=3), spec)
     wrapped = [_WithRngs(adapted, {"dropout": jax.random.PRNGKey(s)}) for s in (0, 0, 1)]
-    assert logits_chunk_length(wrapped[0]) == 3 and logits_chunk_length(wrapped[0].clone(return_hidden=True)) == 3
+    assert head_block_size(wrapped[0]) == 3 and head_block_size(wrapped[0].clone(return_hidden=True)) == 3
     full = lora.combine(params, perturbed(lora.init_adapters(params, spec, jax.random.PRNGKey(1)), scale=0.5))
     a, b, c = (forward(m, full, IDS) for m in wrapped)
     np.testing.assert_array_equal(a, b)

@@ -456,3 +456,39 @@ def test_load_tokenizer_applies_chat_template(tmp_path):
     assert loaded.pad_token_id == 0 and loaded.eos_token_id == 2
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         load_tokenizer(tmp_path / "nothing_here")
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_blocked_causal_attention_equals_the_dense_one(monkeypatch, padding):
+    """Sequences longer than ``ATTENTION_BLOCK`` run their queries a block at a time against the
+    keys up to the block's end: the same logits and gradients as the dense attention, with padding
+    and with the packed-pairs mask (segments, restarted positions) of the train step."""
+    from jaxpref.data.batches import PairExample, collate_pairs
+    from jaxpref.models import llama
+    from jaxpref.train.step import batch_groups, grouped_logps
+
+    model, params = init_model(ModelConfig(**{**_tiny_fields(), "max_position_embeddings": 128}), seed=1)
+    params = jax.tree.map(lambda x: x * 3.0, params)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, TINY["vocab_size"], (3, 40)).astype(np.int32)
+    lengths = np.array([40, 29, 11])
+    mask = (np.arange(40)[None] < lengths[:, None]).astype(np.int32)
+    if padding == "left":
+        mask = mask[:, ::-1].copy()
+    tokens = lambda lo, hi: rng.integers(1, 30, int(rng.integers(lo, hi))).tolist()  # noqa: E731
+    pairs = [PairExample(tokens(3, 12), tokens(2, 9), tokens(2, 9)) for _ in range(4)]
+    groups, _ = batch_groups(collate_pairs(pairs, pad_id=0, buckets=[24]), share_prompt=True)
+
+    def run():
+        def loss(p):
+            logits = llama.forward.__wrapped__(model, p, jnp.asarray(ids), jnp.asarray(mask))
+            logps = grouped_logps(model, p, groups, ("chosen", "rejected"))
+            return jnp.sum(logits**2 * mask[..., None]) * 1e-3 + jnp.sum(logps["chosen"] - 0.5 * logps["rejected"])
+        return jax.value_and_grad(loss)(params)
+
+    monkeypatch.setattr(llama, "ATTENTION_BLOCK", 10**6)
+    want, want_grads = run()
+    monkeypatch.setattr(llama, "ATTENTION_BLOCK", 8)  # 40 tokens: 5 blocks; packed rows: several
+    got, got_grads = run()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), got_grads, want_grads)

@@ -162,7 +162,8 @@ def test_checkpoints_hold_no_frozen_reference_and_optionally_no_optimizer(tmp_pa
     work = str(tmp_path / "run")
     run(own_cfg("dpo", hf_ckpt, source, precompute_ref_logps=False), work)
     meta = json.loads(open(os.path.join(work, "checkpoints", "4", "meta", "metadata")).read())
-    assert meta["with_reference"] and meta["saved"] == {"reference": False, "optimizer": True, "loss_state": True}
+    # the frozen reference is the start params, read by the step: neither in the state nor saved
+    assert not meta["with_reference"] and meta["saved"] == {"reference": False, "optimizer": True, "loss_state": True}
     assert run(own_cfg("dpo", hf_ckpt, source, precompute_ref_logps=False, num_steps=6), work)["steps"] == 6
     slim = str(tmp_path / "slim")
     run(own_cfg("dpo", hf_ckpt, source, save_optimizer_state=False), slim)

@@ -140,7 +140,9 @@ class Attention(nn.Module):
     ) -> tuple[Array, tuple[Array, Array] | None]:
         """``x``: ``[B, T, E]``; ``attend``: ``[B, T, S]`` bool (query t may see key s).
 
-        Without a cache the keys are the T new tokens (S == T). With ``layer_kv`` (each
+        Without a cache the keys are the T new tokens (S == T) and ``attend`` must be causal by
+        index (no query sees a later key: every mask jaxpref builds), which the blocked attention
+        of long sequences relies on. With ``layer_kv`` (each
         ``[B, K, S, D]``) the new keys/values are written at ``cache_index`` first and the
         updated pair is returned.
         """
@@ -176,15 +178,37 @@ class Attention(nn.Module):
         b, t = x_bte.shape[:2]
         groups = cfg.num_heads // cfg.num_kv_heads
         q_btkgd = q_btnd.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
-        scores = jnp.einsum(f"btkgd,{key_spec}->bkgts", q_btkgd, keys, preferred_element_type=jnp.float32) * (
-            cfg.head_dim**-0.5
-        )
-        scores = jnp.where(attend_bts[:, None, None], scores, _MASKED_SCORE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out_btkgd = jnp.einsum(f"bkgts,{key_spec}->btkgd", probs, values)
+        attend = functools.partial(_attend, key_spec=key_spec, scale=cfg.head_dim**-0.5, dtype=self.dtype)
+        if layer_kv is None and t > ATTENTION_BLOCK:
+            # Causal by index: queries [i, j) see keys [0, j) only, so each block of queries runs
+            # against the keys up to its end and the masked upper triangle is never computed
+            # (about half the work and a block's share of the [B, K, G, T, T] scores).
+            starts = range(0, t, ATTENTION_BLOCK)
+            out_btkgd = jnp.concatenate([
+                attend(q_btkgd[:, i:i + ATTENTION_BLOCK], keys[:, :i + ATTENTION_BLOCK],
+                       values[:, :i + ATTENTION_BLOCK], attend_bts[:, i:i + ATTENTION_BLOCK, :i + ATTENTION_BLOCK])
+                for i in starts], axis=1)
+        else:
+            out_btkgd = attend(q_btkgd, keys, values, attend_bts)
         out_btnd = out_btkgd.reshape(b, t, cfg.num_heads, cfg.head_dim)
         out_bte = dense(cfg.hidden_size, axis=(-2, -1), use_bias=False, name="o")(out_btnd)
         return out_bte, new_kv
+
+
+# Queries per block of the blocked causal attention (training and scoring forwards longer than one
+# block; ``Attention``).
+ATTENTION_BLOCK = 256
+
+
+def _attend(q_btkgd: Array, keys: Array, values: Array, attend_bts: Array, *, key_spec: str, scale: float,
+            dtype: DType) -> Array:
+    """Grouped-query softmax attention: ``q`` ``[B, T, K, G, D]``, keys/values ``[B, S, K, D]``
+    (``key_spec`` "bskd") or ``[B, K, S, D]`` ("bksd"), ``attend`` ``[B, T, S]`` bool ->
+    ``[B, T, K, G, D]``; scores and softmax in float32."""
+    scores = jnp.einsum(f"btkgd,{key_spec}->bkgts", q_btkgd, keys, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(attend_bts[:, None, None], scores, _MASKED_SCORE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    return jnp.einsum(f"bkgts,{key_spec}->btkgd", probs, values)
 
 
 class MLP(nn.Module):
@@ -266,8 +290,8 @@ class CausalLM(nn.Module):
     fused_projections: bool = False
     return_hidden: bool = False  # return final-norm hidden states [B, T, E] instead of logits
     scan_unroll: int = 0  # 0 auto, -1 all layers, n > 0 that many (see scan_unroll_length)
-    # Positions per chunk when the train step computes log-probs from hidden states through the LM
-    # head chunk by chunk (``train.step.chunked_token_logps``; unused by ``__call__``): 0 auto, -1 off.
+    # Vocabulary entries per LM-head block when the train step computes log-probs from hidden states
+    # a block at a time (``head_block_size``; unused by ``__call__``): 0 auto, -1 off.
     logits_chunk: int = 0
 
     @nn.compact
@@ -586,22 +610,24 @@ def count_params(params: Any) -> int:
     return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree_util.tree_leaves(params)))
 
 
-AUTO_CHUNK_MIN_VOCAB = 16384  # below this the [B, T, V] logits are small: no chunking (auto)
-AUTO_CHUNK = 128
+AUTO_CHUNK_MIN_VOCAB = 16384  # below this the [B, T, V] logits are small: no blocks (auto)
 
 
-def logits_chunk_length(model) -> int:
-    """Positions per LM-head chunk of ``model`` in the train step (0: one full ``[B, T, V]``):
-    ``model.logits_chunk`` if positive, off for -1, and for 0 (auto) ``AUTO_CHUNK`` when the
-    vocabulary has at least ``AUTO_CHUNK_MIN_VOCAB`` entries."""
+def head_block_size(model) -> int | None:
+    """How the train step runs ``model``'s LM head (``train.step.chunked_token_logps``): None, one
+    full ``[B, T, V]``; else by vocabulary blocks of that many entries, 0 meaning sized for the
+    batch (``models.lm_head.vocab_block``). ``model.logits_chunk``: a positive size, -1 off, 0 auto
+    (blocks when the vocabulary has at least ``AUTO_CHUNK_MIN_VOCAB`` entries)."""
     chunk = getattr(model, "logits_chunk", -1)
     if chunk == 0:
-        return AUTO_CHUNK if model.config.vocab_size >= AUTO_CHUNK_MIN_VOCAB else 0
-    return max(chunk, 0)
+        return 0 if model.config.vocab_size >= AUTO_CHUNK_MIN_VOCAB else None
+    return chunk if chunk > 0 else None
 
 
-def lm_head_weights(model, params) -> Array:
-    """The LM head as ``[E, V]`` in the compute dtype: the tied embedding's transpose or ``lm_head``."""
+def lm_head_weights(model, params) -> tuple[Array, str]:
+    """The LM head in its stored layout and compute dtype, with its einsum letters: the tied
+    embedding ``([V, E], "ve")`` or ``lm_head`` ``([E, V], "ev")``. (Transposing the tied table
+    would copy it, and its gradient back, in every step.)"""
     if model.config.tie_word_embeddings:
-        return params["embed"]["embedding"].astype(model.dtype).T
-    return params["lm_head"]["kernel"].astype(model.dtype)
+        return params["embed"]["embedding"].astype(model.dtype), "ve"
+    return params["lm_head"]["kernel"].astype(model.dtype), "ev"

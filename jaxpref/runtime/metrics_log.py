@@ -11,6 +11,8 @@ import os
 
 import jax
 
+from jaxpref.runtime.torch_free import torch_blocked
+
 log = logging.getLogger("jaxpref")
 
 
@@ -28,7 +30,8 @@ class MetricsLogger:
 
     def _tensorboard(self, purge_step: int | None = None):
         try:
-            from tensorboardX import SummaryWriter
+            with torch_blocked():  # tensorboardX imports torch when it can; scalars need none of it
+                from tensorboardX import SummaryWriter
         except ImportError:  # TensorBoard output is optional
             log.info("tensorboardX not installed: writing metrics.jsonl only")
             return None

@@ -225,18 +225,18 @@ def global_batch(local: PyTree, mesh: Mesh) -> PyTree:
 
 def jit_train_step(
     step: Callable, state_shardings: PyTree, mesh: Mesh, compiler_options: dict[str, str] | None = None,
-    base_shardings: PyTree | None = None,
+    frozen_shardings: PyTree | None = None,
 ) -> Callable:
     """``jax.jit`` of ``step(state, groups, extras) -> (state, metrics)`` for ``mesh``.
 
     ``groups``/``extras`` leaves are ``[B, ...]`` global arrays split over the batch axes
     (``global_batch``); the state keeps ``state_shardings`` and is donated; metrics come
     back replicated. ``compiler_options``: XLA options (``compiler_options.train_compiler_options``).
-    ``base_shardings``: the step is ``step(state, groups, extras, base)`` with LoRA's frozen base
-    params laid out so (read, not donated).
+    ``frozen_shardings``: the step is ``step(state, groups, extras, frozen)`` with read-only params
+    (LoRA's base, a frozen reference: ``train.step.make_train_step``) laid out so (read, not donated).
     """
     batch = batch_sharding(mesh)
-    extra = () if base_shardings is None else (base_shardings,)
+    extra = () if frozen_shardings is None else (frozen_shardings,)
     return jax.jit(
         step,
         in_shardings=(state_shardings, batch, batch, *extra),

@@ -31,7 +31,7 @@ from jaxpref.data.stream import BatchStream, TokenBudgetError
 from jaxpref.data.training_set import TrainingSet
 from jaxpref.infer import reference_cache
 from jaxpref.infer.scoring import reference_logps_of
-from jaxpref.models.llama import logits_chunk_length
+from jaxpref.models.llama import head_block_size
 from jaxpref.objectives import PAIR, hparams_of, objective_of
 from jaxpref.runtime import sharding
 from jaxpref.runtime.checkpointing import Checkpointer, CheckpointError
@@ -181,9 +181,12 @@ class Trainer:
                                                                       with_reference=with_reference))
         return self._layouts[with_reference]
 
-    def step_fn(self, objective_name: str, with_reference: bool, every: int, alpha: float) -> CompileAhead:
-        """The jitted, sharded train step for an objective and reference layout (one per job)."""
-        key = (objective_name, with_reference, every, alpha)
+    def step_fn(self, objective_name: str, with_reference: bool, every: int, alpha: float,
+                reference_arg: bool = False) -> CompileAhead:
+        """The jitted, sharded train step for an objective and reference layout (one per job):
+        the reference in the state (``with_reference``), a read-only argument (``reference_arg``,
+        see ``frozen_args``) or neither (precomputed)."""
+        key = (objective_name, with_reference, every, alpha, reference_arg)
         if key not in self._steps:
             objective = objective_of(self.cfg, objective_name)
             shardings, _ = self.layout(with_reference)
@@ -194,9 +197,18 @@ class Trainer:
                                    lora_models=self.lora_models if lora else None,
                                    lora_dropout=lora and self.lora.dropout > 0)
             options = train_compiler_options(self.model.config.hidden_size)
-            self._steps[key] = CompileAhead(sharding.jit_train_step(
-                step, shardings, self.mesh, options, base_shardings=self.param_shardings if lora else None))
+            frozen = {**({"base": self.param_shardings} if lora else {}),
+                      **({"reference": shardings.params} if reference_arg else {})}
+            self._steps[key] = CompileAhead(sharding.jit_train_step(step, shardings, self.mesh, options,
+                                                                    frozen_shardings=frozen or None))
         return self._steps[key]
+
+    def frozen_args(self, plan: dict, ref_trainable) -> dict:
+        """The step's read-only params (``train.step.make_train_step``): LoRA's base, and a frozen
+        reference that is the job's starting policy (``ref_trainable``: the start params, or with
+        LoRA the starting adapters), which then costs no copy in the state."""
+        return {**({"base": self.start_params} if self.lora is not None else {}),
+                **({"reference": ref_trainable} if plan["reference_arg"] else {})}
 
     def new_state(self, params, ref_params, *, with_reference: bool, step: int, total: int, seed: int) -> TrainState:
         """A fresh sharded state at global ``step`` whose schedule runs ``total`` updates."""
@@ -214,11 +226,16 @@ class Trainer:
     # --- a round ------------------------------------------------------------------------------
 
     def plan(self, rnd: Round) -> dict:
-        """How ``rnd`` runs: ``{"objective", "precompute", "with_reference", "share_prompt"}``."""
+        """How ``rnd`` runs: ``{"objective", "precompute", "with_reference" (in the state),
+        "reference_arg" (a step argument), "share_prompt", ...}``."""
         objective = objective_of(self.cfg, rnd.objective)
         ref = rnd.reference
         precompute = (objective.needs_reference and ref.every == 0 and ref.precompute
                       and objective.per_example_reference)
+        in_step = objective.needs_reference and not precompute
+        # A frozen reference that is the job's starting policy is read from the start params (a
+        # step argument, never donated); a trust-region or round-start one lives in the state.
+        reference_arg = in_step and ref.start == "sft" and ref.every == 0
         scoring = scoring_of(hparams_of(self.cfg, objective), objective)
         share = bool(self.cfg.get("share_prompt", False)) and objective.groups == PAIR and objective.model == "lm"
         if share and scoring != PLAIN:  # LD-DPO, WPO and ORPO's NLL read per-sequence logits: rows stay unpacked
@@ -229,8 +246,8 @@ class Trainer:
         padding_free = (share and bool(self.cfg.get("padding_free", False)) and not rnd.shapes
                         and self.cfg.get("grad_accum_steps", 1) == 1)
         return {"objective": objective, "precompute": precompute, "share_prompt": share, "scoring": scoring,
-                "with_reference": objective.needs_reference and not precompute, "padding_free": padding_free,
-                "max_tokens": self._token_budget(rnd, objective)}
+                "with_reference": in_step and not reference_arg, "reference_arg": reference_arg,
+                "padding_free": padding_free, "max_tokens": self._token_budget(rnd, objective)}
 
     def _token_budget(self, rnd: Round, objective) -> int:
         """``data.max_tokens_per_batch`` where ``rnd`` can use it (0: batches of ``batch_size`` pairs)."""
@@ -296,6 +313,11 @@ class Trainer:
             state = self.new_state(trainable, ref_trainable if plan["with_reference"] else None,
                                    with_reference=plan["with_reference"], step=first_step, total=rnd.steps,
                                    seed=self.cfg.seed + first_step)
+        elif plan["with_reference"] and state.ref_params is None:  # a checkpoint saved without its frozen copy
+            state = state.replace(ref_params=jax.tree.map(jnp.copy, ref_trainable))  # (a copy: the state is donated)
+        elif not plan["with_reference"] and state.ref_params is not None:  # older checkpoints held it
+            state = state.replace(ref_params=None)
+        frozen = self.frozen_args(plan, ref_trainable)
         wanted = set(objective.extras) | ({f"ref_{n}" for n in names} if plan["precompute"] else set())
         extras = {k: v for k, v in data.extras.items() if k in wanted}
 
@@ -312,9 +334,10 @@ class Trainer:
                 batch_extras["pair_weight"] = weights
             batch_extras = {**batch_extras, **{k: v[idx] for k, v in extras.items()}}
             batch = sharding.global_batch(groups, self.mesh), sharding.global_batch(batch_extras, self.mesh)
-            return batch if self.lora is None else (*batch, self.start_params)
+            return (*batch, frozen) if frozen else batch
 
-        step_fn = self.step_fn(rnd.objective, plan["with_reference"], rnd.reference.every, rnd.reference.alpha)
+        step_fn = self.step_fn(rnd.objective, plan["with_reference"], rnd.reference.every, rnd.reference.alpha,
+                               plan["reference_arg"])
         done = int(jax.device_get(state.step)) - first_step
         meta_fn = None if meta is None else (lambda step, stats: meta(step - first_step, stats))
         state, stats = run_steps(
@@ -376,10 +399,9 @@ class Trainer:
         return slim_state(abstract, saved)
 
     def complete_state(self, state: TrainState, meta: dict) -> TrainState:
-        """A restored (slim) state made whole again: the frozen reference re-attached."""
-        if meta["with_reference"] and state.ref_params is None:
-            # a copy: the train step donates its state, and the start params must outlive it
-            state = state.replace(ref_params=jax.tree.map(jnp.copy, self.trainable_start))
+        """A restored (slim) state made whole again: the loss state of older checkpoints added (a
+        frozen reference that was not saved is re-attached by ``train``, which knows the round)."""
+        del meta
         if state.loss_state is None:
             state = state.replace(loss_state=jax.device_put(initial_loss_state(), sharding.replicated(self.mesh)))
         return state
@@ -407,7 +429,7 @@ class Trainer:
                     "padding_free": padding_free, "row_multiple": self.row_multiple,
                     "batch_size": self.cfg.batch_size, "scoring": scoring._asdict(), "pad_id": self.pad_id,
                     "dtype": str(getattr(self.model, "dtype", "")),
-                    "logits_chunk": logits_chunk_length(self.model)}
+                    "head_block": head_block_size(self.model)}
         entry = self._cache_entry(subset, ref_params, settings) if cache else None
         logps = reference_cache.load(*entry, names, len(subset)) if entry else None
         if logps is not None:

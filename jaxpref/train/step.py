@@ -30,8 +30,10 @@ from jaxpref.data.batches import (
 )
 from jaxpref.losses import completion_lengths, counted_token_logps, ld_token_weights, token_logps, wpo_mean_logps
 from jaxpref.models import RewardModel, forward, lora
-from jaxpref.models.llama import lm_head_weights, logits_chunk_length
+from jaxpref.models.llama import head_block_size, lm_head_weights
+from jaxpref.models.lm_head import token_logps_by_vocab_block
 from jaxpref.objectives import PAIR_WEIGHT, LossInputs, Objective, Sequences, pair_mean
+from jaxpref.train.optim import apply_update
 from jaxpref.train.state import TrainState, update_reference
 
 Groups = Mapping[str, Sequences]
@@ -95,12 +97,12 @@ def shared_prompt_logps(model, params, packed: SharedPromptPairs) -> dict[str, j
     attend = same_branch & (index[None, None, :] <= index[None, :, None]) & (seg[:, None, :] > 0)
     if model.config.sliding_window is not None:
         attend &= (pos[:, :, None] - pos[:, None, :]) < model.config.sliding_window
-    chunk = logits_chunk_length(model)
-    if chunk:
+    block = head_block_size(model)
+    if block is not None:
         hidden, _ = _hidden_model(model).apply({"params": params}, packed.ids, pos, attend,
                                                output_index=packed.source_index)
         target_logps = chunked_token_logps(hidden, lm_head_weights(model, params), packed.target_ids,
-                                           packed.target_segment > 0, chunk)
+                                           packed.target_segment > 0, block)
     else:
         logits, _ = model.apply({"params": params}, packed.ids, pos, attend, output_index=packed.source_index)
         target_logps = token_logps(logits, packed.target_ids)
@@ -171,47 +173,36 @@ def grouped_logps(model, params, groups: Groups, names: tuple[str, ...],
         return shared_prompt_logps(model, params, groups[SHARED_PROMPT])
     ids = jnp.concatenate([groups[n].ids for n in names], axis=0)
     attn = jnp.concatenate([groups[n].attention_mask for n in names], axis=0)
-    chunk = logits_chunk_length(model)
-    if chunk and not scoring.wpo:  # WPO reads whole softmax rows: it keeps the full logits
+    block = head_block_size(model)
+    if block is not None and not scoring.wpo:  # WPO reads whole softmax rows: it keeps the full logits
         count = _counted_mask(groups, names, scoring)
         hidden = forward(_hidden_model(model), params, ids, attn)  # [B, T, E]: the model returns hidden states
         per_token = chunked_token_logps(hidden[:, :-1], lm_head_weights(model, params), ids[:, 1:],
-                                        count[:, 1:].astype(bool), chunk)
+                                        count[:, 1:].astype(bool), block)
         return logps_from_token_logps(per_token, groups, names, scoring)
     return logps_from_logits(forward(model, params, ids, attn), groups, names, scoring)
 
 
-def chunked_token_logps(hidden_bte: jax.Array, head_ev: jax.Array, targets_bt: jax.Array, counted_bt: jax.Array,
-                        chunk: int) -> jax.Array:
-    """``log softmax(h W)[target]`` per position, ``chunk`` positions at a time, so the ``[B, T, V]``
-    logits never exist: each chunk's ``[B, chunk, V]`` logits are made, reduced to ``[B, chunk]``
-    and, in the backward pass, recomputed (``jax.checkpoint``). Equal to the full computation
-    (values and gradients) up to float rounding.
+def chunked_token_logps(hidden_bte: jax.Array, head: tuple[jax.Array, str], targets_bt: jax.Array,
+                        counted_bt: jax.Array, block: int = 0) -> jax.Array:
+    """``log softmax(h W)[target]`` per position through the LM head a vocabulary block at a time
+    (``models.lm_head.token_logps_by_vocab_block``), so the ``[B, T, V]`` logits never exist; equal
+    to the full computation (values and gradients) up to float rounding.
 
     Args:
       hidden_bte: ``[B, T, E]`` final hidden states at the positions that predict ``targets``.
-      head_ev: ``[E, V]`` LM head (``models.llama.lm_head_weights``).
+      head: the LM head and its layout (``models.llama.lm_head_weights``).
       targets_bt: ``[B, T]`` int next-token ids.
       counted_bt: ``[B, T]`` bool; uncounted positions score 0 and their hidden states are zeroed
         before the head (a non-finite one reaches neither a value nor a gradient).
-      chunk: positions per chunk (the last one may be shorter).
+      block: vocabulary entries per block (0: sized for the ``B * T`` positions).
 
     Returns ``[B, T]`` float32.
     """
-    t = hidden_bte.shape[1]
-    hidden_bte = jnp.where(counted_bt[..., None], hidden_bte, jnp.zeros((), hidden_bte.dtype))
-
-    @jax.checkpoint
-    def one(h_bce, y_bc):
-        logits = jnp.einsum("bce,ev->bcv", h_bce, head_ev, preferred_element_type=jnp.float32)
-        return token_logps(logits, y_bc)
-
-    # A static loop, not lax.map: XLA schedules the chunks' head matmuls and their weight
-    # gradients as plain ops (measured on SmolLM2 8 x 256 on CPU: 18.4 s/step unrolled, 22.2 s
-    # with lax.map, 18.7 s unchunked; step temporaries 1.08 / 0.74 / 1.27 GiB).
-    out = jnp.concatenate([one(hidden_bte[:, i:i + chunk], targets_bt[:, i:i + chunk]) for i in range(0, t, chunk)],
-                          axis=1)
-    return jnp.where(counted_bt, out, 0.0)
+    b, t, e = hidden_bte.shape
+    hidden_ne = jnp.where(counted_bt[..., None], hidden_bte, jnp.zeros((), hidden_bte.dtype)).reshape(b * t, e)
+    out = token_logps_by_vocab_block(hidden_ne, head, targets_bt.reshape(b * t), block)
+    return jnp.where(counted_bt, out.reshape(b, t), 0.0)
 
 
 def _hidden_model(model):
@@ -307,7 +298,7 @@ def make_train_step(
     lora_models: tuple | None = None,
     lora_dropout: bool = False,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """Builds ``step(state, groups, extras, base=None) -> (state, metrics)`` (wrap it in ``jax.jit``).
+    """Builds ``step(state, groups, extras, frozen=None) -> (state, metrics)`` (wrap it in ``jax.jit``).
 
     ``hparams``: the values of ``objective.hparams`` (``objectives.hparams_of``). If ``extras``
     holds ``ref_<group>`` arrays for every group, those precomputed reference log-probs are
@@ -321,11 +312,15 @@ def make_train_step(
     then per micro-batch, as in TRL, and BCO's baseline advances per micro-batch). Activation
     memory is that of one micro-batch.
 
+    ``frozen``: read-only params, an argument of every step (not part of the state: no gradient,
+    no optimizer state, never donated, so they may be the job's own start params): ``"reference"``,
+    the reference when it is frozen and is not ``state.ref_params`` (which a trust-region update
+    changes), and with LoRA ``"base"``.
+
     ``lora_models = (train_model, reference_model)`` (``models.lora.lora_model``, the second without
-    dropout): ``state.params`` (and ``state.ref_params``) are LoRA adapters only, and ``base`` is
-    the frozen base params, an argument of every step (not part of the state: no gradient, no
-    optimizer state, never donated). The policy is ``combine(base, state.params)``, the reference
-    ``combine(base, state.ref_params)``. With ``lora_dropout`` (the train model has dropout) the
+    dropout): ``state.params`` (and the reference) are LoRA adapters only, and ``frozen["base"]`` is
+    the frozen base params. The policy is ``combine(base, state.params)``, the reference
+    ``combine(base, reference adapters)``. With ``lora_dropout`` (the train model has dropout) the
     masks are drawn from ``fold_in(state.rng, state.step)``.
     """
     names = objective.groups
@@ -344,24 +339,26 @@ def make_train_step(
         policy = sequence_scores(m, full(params, base), groups, names, scoring)
         return batch_loss(objective, hparams, policy, ref, groups, extras, loss_state)
 
-    def loss_and_grads(state: TrainState, groups: Groups, extras: Extras, loss_state, base):
+    def loss_and_grads(state: TrainState, groups: Groups, extras: Extras, loss_state, frozen):
         """One batch (or micro-batch): ``(loss, (LossOutput, policy, ref), grads)``."""
         ref = {}
+        base = frozen.get("base")
         if objective.needs_reference:
             if all(f"ref_{n}" in extras for n in names):
                 ref = {n: extras[f"ref_{n}"] for n in names}
             else:
-                ref = reference_logps(ref_model, full(state.ref_params, base), groups, names, scoring)
+                ref_params = state.ref_params if state.ref_params is not None else frozen["reference"]
+                ref = reference_logps(ref_model, full(ref_params, base), groups, names, scoring)
         rng = jax.random.fold_in(state.rng, state.step) if dropout else None
         (loss, (out, policy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, ref, groups, extras, loss_state, base, rng
         )
         return loss, (out, policy, ref), grads
 
-    def single(state: TrainState, groups: Groups, extras: Extras, base):
-        return loss_and_grads(state, groups, extras, state.loss_state, base)
+    def single(state: TrainState, groups: Groups, extras: Extras, frozen):
+        return loss_and_grads(state, groups, extras, state.loss_state, frozen)
 
-    def accumulated(state: TrainState, groups: Groups, extras: Extras, base):
+    def accumulated(state: TrainState, groups: Groups, extras: Extras, frozen):
         """``loss_and_grads`` over ``grad_accum_steps`` micro-batches, averaged (the loss state,
         e.g. BCO's baseline, advances once per micro-batch)."""
         a = grad_accum_steps
@@ -370,7 +367,7 @@ def make_train_step(
 
         def body(carry, batch):
             grad_sum, loss_state = carry
-            loss, (out, policy, ref), grads = loss_and_grads(state, *batch, loss_state, base)
+            loss, (out, policy, ref), grads = loss_and_grads(state, *batch, loss_state, frozen)
             rows = (out._replace(metrics=None, loss_state=None), policy, ref)
             return (jax.tree.map(jnp.add, grad_sum, grads), out.loss_state), (loss, rows, out.metrics or {})
 
@@ -381,22 +378,18 @@ def make_train_step(
         out = out._replace(metrics=jax.tree.map(jnp.mean, metrics), loss_state=loss_state)
         return jnp.mean(losses), (out, policy, ref), jax.tree.map(lambda g: g / a, grad_sum)
 
-    def step(state: TrainState, groups: Groups, extras: Extras, base=None):
+    def step(state: TrainState, groups: Groups, extras: Extras, frozen=None):
         run = single if grad_accum_steps == 1 else accumulated
-        loss, (out, policy, ref), grads = run(state, groups, extras, base)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        loss, (out, policy, ref), grads = run(state, groups, extras, frozen or {})
         grad_norm = optax.global_norm(grads)
         # An update that would leave any param non-finite (e.g. an overflowing learning rate) is
         # dropped like a non-finite loss or gradient: non-finite params never reach a checkpoint.
-        params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        params, opt_state, finite = apply_update(tx, grads, state.opt_state, state.params, jnp.isfinite(loss))
         state = state.replace(
             step=state.step + 1,
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
-            loss_state=keep(dict(out.loss_state), state.loss_state),
+            params=params,
+            opt_state=opt_state,
+            loss_state=jax.tree.map(lambda n, o: jnp.where(finite, n, o), dict(out.loss_state), state.loss_state),
         )
         state = update_reference(state, every=ref_update_every, alpha=ref_update_alpha)
         weight = extras.get(PAIR_WEIGHT)  # [B] with a token budget: 0 on filler slots
