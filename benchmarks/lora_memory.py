@@ -82,14 +82,17 @@ def jaxpref_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from helpers import load_config, set_field
 
     from jaxpref.main import run
+    from jaxpref.runtime.torch_free import keep_torch_out
 
+    keep_torch_out()  # as the jaxpref command does first (runtime.torch_free)
     cfg = load_config("dpo")
     overrides = {"model.name": "hf", "model.path": spec["hf_dir"], "model.dtype": spec["dtype"],
-                 "model.logits_chunk": spec["logits_chunk"], "model.remat": "on" if spec.get("remat") else "off",
+                 "model.logits_chunk": spec["logits_chunk"], "model.remat": spec["remat"],
                  "data.source": spec["data_dir"],
                  "data.max_length": spec["max_length"], "data.max_prompt_length": spec["max_prompt_length"],
                  "data.eval_fraction": 0.0, "batch_size": spec["batch_size"], "num_steps": spec["steps"] + 1,
                  "precompute_ref_logps": False, "log_every": 1, "checkpoint_every": 10_000,
+                 "overwrite": True,  # a rerun in the same --workdir starts over
                  "optimizer.learning_rate": spec["lr"], "optimizer.warmup_steps": 0}
     if spec["lora"]:
         overrides.update({"lora.rank": LORA["rank"], "lora.alpha": LORA["alpha"]})
@@ -146,17 +149,17 @@ def trl_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 WORKERS = {"prepare": prepare_worker, "jaxpref": jaxpref_worker, "trl": trl_worker}
 
-# (name, framework, lora, compute dtype, jaxpref logits_chunk[, remat]), in run order (alternating).
+# (name, framework, lora, compute dtype, jaxpref logits_chunk, jaxpref remat), in run order (alternating).
+# jaxpref's defaults: logits_chunk 0 (the LM head by vocabulary blocks), remat "auto" (on for SmolLM2).
 RUNS = [
-    ("trl full fp32", "trl", False, "float32", None),
-    ("jaxpref full fp32", "jaxpref", False, "float32", 0),
-    ("trl+peft lora fp32", "trl", True, "float32", None),
-    ("jaxpref lora fp32", "jaxpref", True, "float32", 0),
-    ("jaxpref full fp32, head unchunked", "jaxpref", False, "float32", -1),
-    ("jaxpref full bf16", "jaxpref", False, "bfloat16", 0),
-    ("jaxpref lora bf16", "jaxpref", True, "bfloat16", 0),
-    ("jaxpref full fp32, remat", "jaxpref", False, "float32", 0, True),
-    ("jaxpref lora fp32, remat", "jaxpref", True, "float32", 0, True),
+    ("trl full fp32", "trl", False, "float32", None, None),
+    ("jaxpref full fp32", "jaxpref", False, "float32", 0, "auto"),
+    ("trl+peft lora fp32", "trl", True, "float32", None, None),
+    ("jaxpref lora fp32", "jaxpref", True, "float32", 0, "auto"),
+    ("jaxpref full fp32, head unchunked", "jaxpref", False, "float32", -1, "auto"),
+    ("jaxpref full fp32, remat off", "jaxpref", False, "float32", 0, "off"),
+    ("jaxpref full bf16", "jaxpref", False, "bfloat16", 0, "auto"),
+    ("jaxpref lora bf16", "jaxpref", True, "bfloat16", 0, "auto"),
 ]
 
 
@@ -176,11 +179,11 @@ def main(argv: list[str]) -> None:
     data = harness.run_worker(__file__, "prepare", common, work / "logs")
     only = {s.strip() for s in args.only.split(";") if s.strip()}
     results = {}
-    for name, framework, lora, dtype, chunk, *remat in RUNS:
+    for name, framework, lora, dtype, chunk, remat in RUNS:
         if only and name not in only:
             continue
         spec = {**common, "name": name.replace(" ", "_").replace(",", ""), "lora": lora, "dtype": dtype,
-                "logits_chunk": chunk, "remat": bool(remat and remat[0]), "lr": 1e-4 if lora else 1e-5}
+                "logits_chunk": chunk, "remat": remat, "lr": 1e-4 if lora else 1e-5}
         results[name] = harness.run_worker(__file__, framework, spec, work / "logs", timeout=3600)
         r = results[name]
         print(f"{name}: peak {r['peak_rss_mb'] / 1024:.2f} GiB, {r['step_s']:.1f} s/step", flush=True)

@@ -23,9 +23,11 @@ run's process ``VmHWM``. Runs alternate (jaxpref, TRL, jaxpref, ...), each in it
 
 The online round: the same prompts (``examples/sentiment_prompts``), 2 samples each, the VADER
 reward function as judge, one DPO update per 8 prompts; jaxpref's ``sentiment_online_dpo`` job
-with one round, TRL's ``trl.experimental.online_dpo.OnlineDPOTrainer`` with ``reward_funcs`` and
-HF ``generate``. Seconds of the whole round (sampling, judging, training; jaxpref's compiles
-included) and per trained token.
+with one round and no quick evaluation inside it (``eval.round_prompts=0``: TRL's round has none),
+TRL's ``trl.experimental.online_dpo.OnlineDPOTrainer`` with ``reward_funcs`` and HF ``generate``.
+Seconds of the whole round (sampling, judging, training; jaxpref's compiles included, its
+compilation cache empty) and per trained token; then jaxpref's same job again in a new process,
+its compiled steps loaded from the cache of the first (``config.compile_cache``).
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ def _jaxpref_cfg(spec: dict[str, Any], name: str, overrides: dict):
 
     cfg = load_config(name)
     for k, v in {"model.name": "hf", "model.path": spec["hf_dir"], "ref_cache_dir": spec["cache_dir"],
+                 "compile_cache_dir": spec["xla_dir"],  # this run's own (empty at its start)
                  "log_every": 1, "checkpoint_every": 10_000, "overwrite": True,  # a benchmark run starts over
                  **overrides}.items():
         set_field(cfg, k, v)
@@ -140,6 +143,9 @@ def _jaxpref_cfg(spec: dict[str, Any], name: str, overrides: dict):
 
 def jaxpref_dpo_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from jaxpref.main import run
+    from jaxpref.runtime.torch_free import keep_torch_out
+
+    keep_torch_out()  # as the jaxpref command does first (runtime.torch_free)
 
     overrides = {"data.source": spec["data"], "data.max_length": spec["max_length"],
                  "data.max_prompt_length": spec["max_prompt_length"], "data.eval_fraction": 0.0,
@@ -208,6 +214,9 @@ def _prompts(n: int) -> list[str]:
 
 def jaxpref_online_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import jaxpref.main as main_module
+    from jaxpref.runtime.torch_free import keep_torch_out
+
+    keep_torch_out()  # as the jaxpref command does first (runtime.torch_free)
 
     folder = Path(spec["workdir"]) / "online_prompts"
     folder.mkdir(parents=True, exist_ok=True)
@@ -218,7 +227,8 @@ def jaxpref_online_worker(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = _jaxpref_cfg(spec, "sentiment_online_dpo", {
         "data.prompts": str(folder), "selm.rounds": 1, "selm.num_samples": 2, "num_prompts": n,
         "num_steps": n // BATCH, "batch_size": BATCH, "sampling.max_new_tokens": spec["online_new_tokens"],
-        "sampling.batch_size": 2 * n, "eval.num_prompts": 8, "eval.round_prompts": 8, "eval.batch_size": 8,
+        # no quick evaluation inside the round (TRL's round has none; the job's final one is not timed)
+        "sampling.batch_size": 2 * n, "eval.num_prompts": 8, "eval.round_prompts": 0, "eval.batch_size": 8,
         "eval.max_new_tokens": 4, "optimizer.warmup_steps": 0})
     timed = {}
     real = main_module.run_rounds
@@ -312,11 +322,18 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--only", default="variable,sweep,online", help="comma-separated parts to run")
     parser.add_argument("--hf-dir", default=None, help="an HF causal-LM folder instead of the exported SmolLM2")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--lengths", default=None, help="comma-separated fixed lengths of the sweep "
+                        "(default 128,256,512,1024; --quick: 64,128)")
     args = parser.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
+    if args.lengths:
+        settings["lengths"] = [int(t) for t in args.lengths.split(",")]
+        if max(settings["lengths"]) > settings["max_length"]:
+            parser.error(f"--lengths: at most max_length {settings['max_length']}")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="real_workload_"))
     common = {**settings, "hf_dir": args.hf_dir or str(work / "smollm2_hf"), "data_dir": str(work / "data"),
-              "workdir": str(work / "runs"), "cache_dir": str(work / "ref_cache")}
+              "workdir": str(work / "runs"), "cache_dir": str(work / "ref_cache"),
+              "xla_dir": str(work / f"xla_{time.strftime('%Y%m%d_%H%M%S')}")}
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     data = harness.run_worker(__file__, "prepare", common, work / "logs")
     out: dict[str, Any] = {"settings": {**settings, "batch_pairs": BATCH, "dtype": "float32", "loss": "sigmoid DPO",
@@ -370,16 +387,20 @@ def main(argv: list[str]) -> None:
                                 "memory ratio"], rows), flush=True)
     if "online" in parts:
         online = {}
-        for side in ("jaxpref_online", "trl_online"):
-            online[side] = harness.run_worker(__file__, side, common, work / "logs", timeout=3600)
-            r = online[side]
-            print(f"online round {side}: {r['round_s']:.1f} s, {r['trained_tokens']:.0f} trained tokens, "
+        xla = {"xla_dir": str(work / f"xla_online_{time.strftime('%Y%m%d_%H%M%S')}")}  # empty: a cold start
+        for key, side in (("jaxpref_online", "jaxpref_online"), ("trl_online", "trl_online"),
+                          ("jaxpref_online_warm_cache", "jaxpref_online")):
+            online[key] = harness.run_worker(__file__, side, {**common, **xla}, work / "logs", timeout=3600)
+            r = online[key]
+            print(f"online round {key}: {r['round_s']:.1f} s, {r['trained_tokens']:.0f} trained tokens, "
                   f"{r['round_s'] / r['trained_tokens'] * 1e3:.2f} ms/token, peak {r['peak_rss_mb'] / 1024:.2f} GiB",
                   flush=True)
         per = {k: v["round_s"] / v["trained_tokens"] for k, v in online.items()}
         out["online_round"] = online
         out["online_round_speedup_vs_trl"] = per["trl_online"] / per["jaxpref_online"]
-        print(f"online round: jaxpref {out['online_round_speedup_vs_trl']:.2f}x TRL per trained token", flush=True)
+        out["online_round_speedup_vs_trl_warm_cache"] = per["trl_online"] / per["jaxpref_online_warm_cache"]
+        print(f"online round: jaxpref {out['online_round_speedup_vs_trl']:.2f}x TRL per trained token "
+              f"({out['online_round_speedup_vs_trl_warm_cache']:.2f}x with its compiled steps cached)", flush=True)
     harness.write_json(args.json, out)
 
 

@@ -68,7 +68,7 @@ def get_base_config() -> ml_collections.ConfigDict:
             num_layers=2,
             num_heads=4,
             num_kv_heads=2,
-            remat="auto",  # recompute each layer in the backward: auto (on for hidden_size >= 512) | on | off
+            remat="auto",  # recompute each layer in the backward: auto (on for hidden_size >= 512) | on | off | dots
             scan_unroll=0,  # layers per scan iteration: 0 auto (all if <= 8 layers), -1 all, 1 rolled
             logits_chunk=0,  # LM-head positions per chunk in the train step: 0 auto (128 if vocab >= 16k), -1 off
         )
@@ -117,6 +117,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # $JAXPREF_CACHE_DIR). precompute_only: write that cache, then stop before training.
     c.ref_cache = True
     c.ref_cache_dir = ""
+    # JAX's persistent compilation cache (jaxpref.runtime.compile_cache): a later job of the same
+    # shapes loads its compiled steps instead of compiling them; "" dir: ~/.cache/jaxpref/xla.
+    c.compile_cache = True
+    c.compile_cache_dir = ""
     c.precompute_only = False
     # Pairs: run each prompt once, chosen and rejected completions packed behind it
     # (jaxpref.data.batches.pack_shared_prompt); same log-probs, fewer tokens through the model.
@@ -227,7 +231,7 @@ CHECKS: dict[str, Check] = {
     "model.param_dtype": Check(str, choices=("", "float32", "bfloat16")),
     "model.hidden_size": POSITIVE_INT, "model.intermediate_size": POSITIVE_INT, "model.num_layers": POSITIVE_INT,
     "model.num_heads": POSITIVE_INT, "model.num_kv_heads": POSITIVE_INT,
-    "model.remat": Check(str, choices=("auto", "on", "off")),
+    "model.remat": Check(str, choices=("auto", "on", "off", "dots")),
     "model.scan_unroll": Check(int, low=-1), "model.logits_chunk": Check(int, low=-1),
     "sft.num_examples": POSITIVE_INT, "sft.steps": POSITIVE_INT, "sft.batch_size": POSITIVE_INT,
     "sft.learning_rate": POSITIVE,
@@ -236,6 +240,7 @@ CHECKS: dict[str, Check] = {
     "data.on_bad_row": Check(str, choices=("error", "drop")),
     "ref_update_every": NON_NEGATIVE_INT, "ref_update_alpha": PROBABILITY, "precompute_ref_logps": FLAG,
     "ref_cache": FLAG, "ref_cache_dir": Check(str), "precompute_only": FLAG,
+    "compile_cache": FLAG, "compile_cache_dir": Check(str),
     "share_prompt": FLAG, "padding_free": FLAG,
     "optimizer.name": Check(str, choices=OPTIMIZERS),
     "optimizer.learning_rate": Check(float, low=0, low_open=True, high=FLOAT32_MAX),
@@ -248,7 +253,7 @@ CHECKS: dict[str, Check] = {
     "grad_accum_steps": POSITIVE_INT, "save_optimizer_state": FLAG, "overwrite": FLAG,
     "on_nonfinite": Check(str, choices=("skip", "stop")), "max_consecutive_skips": POSITIVE_INT,
     "log_every": POSITIVE_INT, "checkpoint_every": POSITIVE_INT, "keep_checkpoints": POSITIVE_INT,
-    "eval.num_prompts": POSITIVE_INT, "eval.round_prompts": POSITIVE_INT,
+    "eval.num_prompts": POSITIVE_INT, "eval.round_prompts": NON_NEGATIVE_INT,
     **{f"eval.{k}": v for k, v in SAMPLING.items()},
     "num_prompts": POSITIVE_INT,
     **{f"sampling.{k}": v for k, v in SAMPLING.items()},
@@ -265,7 +270,8 @@ CHECKS: dict[str, Check] = {
 RESUMABLE = ("num_steps", "num_epochs", "log_every", "checkpoint_every", "keep_checkpoints", "export_dir",
              "export_adapter_dir",
              "save_optimizer_state", "overwrite", "on_nonfinite", "max_consecutive_skips", "eval", "mesh",
-             "distributed", "sft.cache_dir", "sampling.batch_size", "ref_cache", "ref_cache_dir", "precompute_only")
+             "distributed", "sft.cache_dir", "sampling.batch_size", "ref_cache", "ref_cache_dir", "precompute_only",
+             "compile_cache", "compile_cache_dir")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -425,7 +431,8 @@ HELP: dict[str, str] = {
     "model.hidden_size": "tiny model: width", "model.intermediate_size": "tiny model: MLP width",
     "model.num_layers": "tiny model: layers", "model.num_heads": "tiny model: attention heads",
     "model.num_kv_heads": "tiny model: key/value heads (grouped-query attention)",
-    "model.remat": "recompute each layer in the backward pass: auto (on for hidden_size >= 512) | on | off",
+    "model.remat": "recompute each layer in the backward pass: auto (on for hidden_size >= 512) | on | off | dots "
+                   "(keep the projections' outputs, recompute the rest)",
     "model.scan_unroll": "layers per scan iteration: 0 auto, -1 all, 1 rolled",
     "model.logits_chunk": "train step: LM-head positions per chunk, so [B, T, V] logits never exist: 0 auto, -1 off",
     "sft.num_examples": "tiny model SFT: examples", "sft.steps": "tiny model SFT: steps",
@@ -447,6 +454,9 @@ HELP: dict[str, str] = {
     "ref_cache": "precomputed reference log-probs: reuse them from (and save them to) ref_cache_dir",
     "ref_cache_dir": "reference log-prob cache (default ~/.cache/jaxpref/reference_logps or $JAXPREF_CACHE_DIR)",
     "precompute_only": "compute (or find) the reference log-probs, write the cache, and stop before training",
+    "compile_cache": "keep compiled steps on disk (JAX persistent compilation cache) for jobs of the same shapes; "
+                     "JAXPREF_COMPILE_CACHE=0 in the environment turns it off",
+    "compile_cache_dir": "compilation cache (default ~/.cache/jaxpref/xla or $JAXPREF_CACHE_DIR/xla)",
     "padding_free": "share_prompt packing puts several pairs per row (not with grad_accum_steps > 1)",
     "share_prompt": "pairs: run each prompt once with both responses packed behind it (not with ld_alpha, "
                     "use_weighting or orpo, which score unpacked rows)",
@@ -467,7 +477,7 @@ HELP: dict[str, str] = {
     "keep_checkpoints": "checkpoints kept", "save_optimizer_state": "False: checkpoints hold params only (no resume)",
     "overwrite": "True: delete the workdir's previous run instead of resuming it",
     "eval.num_prompts": "held-out prompts of the final evaluation (built-in task or data.prompts)",
-    "eval.round_prompts": "held-out prompts of the quick evaluation after each online round",
+    "eval.round_prompts": "held-out prompts of the quick evaluation after each online round (0: none)",
     **{f"eval.{k}": f"evaluation: {v}" for k, v in _SAMPLING_HELP.items()},
     "num_prompts": "online methods: prompts per round",
     **{f"sampling.{k}": f"online sampling: {v}" for k, v in _SAMPLING_HELP.items()},

@@ -36,8 +36,9 @@ from jaxpref.methods.context import Context
 from jaxpref.models import count_params, lora
 from jaxpref.objectives import objective_of
 from jaxpref.policy import lora_start, resolve_policy
-from jaxpref.runtime import distributed, sharding, torch_free
+from jaxpref.runtime import compile_cache, distributed, sharding, torch_free
 from jaxpref.runtime.checkpointing import Checkpointer, CheckpointError, sync_processes
+from jaxpref.runtime.host_memory import compiling_in_background
 from jaxpref.runtime.metrics_log import MetricsLogger, read_metrics
 from jaxpref.runtime.workdir_lock import WorkdirLock, WorkdirLocked
 from jaxpref.train.loop import NonFiniteError, Preempted, StopSignals
@@ -80,6 +81,8 @@ class Job:
 def setup(cfg, workdir: str) -> Job:
     """Config -> Mesh -> Policy and judge -> Trainer: everything before the first round."""
     distributed.initialize(cfg)  # before anything touches devices; a no-op for one process
+    if cfg.get("compile_cache", False):
+        compile_cache.enable(cfg.get("compile_cache_dir", ""))
     # --- Config ---------------------------------------------------------------------------
     method = get_method(cfg.job)
     validate_config(cfg, method.objectives(cfg))
@@ -356,6 +359,11 @@ def main(argv) -> None:
         run(cfg, _WORKDIR.value or os.path.join("runs", cfg.method))
     except Preempted as stop:
         log.warning("%s", stop)
+        if compiling_in_background():  # stopped during a compilation, which is still running
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + stop.signum)
         raise SystemExit(128 + stop.signum) from None
     except USER_ERRORS as err:
         if _DEBUG.value:

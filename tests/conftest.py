@@ -15,6 +15,9 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG
 import tempfile  # noqa: E402
 
 os.environ.setdefault("JAXPREF_REF_CACHE_DIR", tempfile.mkdtemp(prefix="jaxpref_ref_cache_"))
+# Jobs compile from scratch (no persistent compilation cache: config.compile_cache), so the tests
+# that signal a job during its first compilation find it compiling.
+os.environ.setdefault("JAXPREF_COMPILE_CACHE", "0")
 
 import pytest  # noqa: E402
 

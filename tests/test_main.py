@@ -163,6 +163,7 @@ def test_model_remat_reaches_the_policy_and_leaves_results_unchanged(sft_cache):
     from jaxpref.policy import remat_of
 
     assert remat_of("auto", 576) and not remat_of("auto", 64) and not remat_of("off", 576) and remat_of("on", 64)
+    assert remat_of("dots", 64) == "dots"
     assert remat.model.scan_unroll == 1 and plain.model.scan_unroll == 0
     pairs = plain.task.preference_dataset(cfg.seed, cfg.data.num_pairs)[:8]
     groups, _ = batch_groups(collate_pairs(pairs, pad_id=plain.pad_id, buckets=[32]))

@@ -15,6 +15,7 @@ import pytest
 from helpers import ROOT, load_config, toy
 
 from jaxpref.losses import token_logps
+from jaxpref.models import lm_head
 from jaxpref.models.lm_head import token_logps_by_vocab_block, vocab_block
 from jaxpref.train.optim import apply_update, make_optimizer, start_schedule
 
@@ -118,9 +119,12 @@ def test_lm_head_by_vocabulary_blocks_equals_the_full_logits(vocab, block, layou
 
 
 def test_vocab_block_prefers_a_divisor_near_the_logits_budget():
-    assert vocab_block(49152, 1000) == 16384  # 2^24 / 1000 = 16777 -> the divisor 16384
-    assert 49152 % vocab_block(49152, 12000) == 0 and vocab_block(49152, 12000) <= 2 * (2**24 // 12000)
-    assert vocab_block(50257, 1000) == 2**24 // 1000  # a prime vocabulary: padded blocks
+    budget = lm_head.BLOCK_LOGITS
+    assert budget == 2**22
+    assert vocab_block(49152, 1000) == 4096  # 2^22 / 1000 = 4194 -> the divisor 4096
+    assert 49152 % vocab_block(49152, 3000) == 0 and vocab_block(49152, 3000) <= 2 * (budget // 3000)
+    assert vocab_block(50257, 1000) == budget // 1000  # a prime vocabulary: padded blocks
+    assert vocab_block(49152, 10**6) == lm_head.MIN_BLOCK  # many positions: not below the floor
     assert vocab_block(100, 10**9) == 100 and vocab_block(49152, 10, requested=300) == 300
 
 
@@ -207,3 +211,29 @@ def test_the_command_line_keeps_pytorch_out_of_the_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_second_job_of_the_same_shapes_loads_its_compiled_steps(tmp_path, sft_cache):
+    """``config.compile_cache``: the first job writes its compiled steps to the cache folder; a job
+    in a fresh process with the same config finds them there (JAX's persistent cache)."""
+    cache = tmp_path / "xla"
+    flags = [f"--config.compile_cache_dir={cache}", f"--config.sft.cache_dir={sft_cache}",
+             "--config.num_steps=2", "--config.data.num_pairs=64", "--config.batch_size=16",
+             "--config.eval.num_prompts=16", "--config.eval.batch_size=16", "--config.sft.steps=30",
+             "--config.sft.num_examples=512", "--config.sft.batch_size=32"]
+    env = {k: v for k, v in os.environ.items() if k != "JAXPREF_COMPILE_CACHE"}
+    env["PYTHONPATH"] = ROOT
+
+    def job(name):
+        out = subprocess.run([sys.executable, "-m", "jaxpref.main", "--config=configs/dpo.py",
+                              f"--workdir={tmp_path / name}", *flags], capture_output=True, text=True, env=env,
+                             cwd=ROOT)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stderr
+
+    first = job("a")
+    assert f"compiled steps are cached in {cache}" in first
+    entries = set(os.listdir(cache))
+    assert any("step" in e for e in entries)
+    job("b")
+    assert set(os.listdir(cache)) == entries  # the second job compiled nothing new worth caching

@@ -284,12 +284,12 @@ def test_cached_decode_matches_full_forward(name, layout):
                                atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("scan_unroll", [0, 1, -1])
-def test_remat_gives_same_gradients(scan_unroll):
+@pytest.mark.parametrize("scan_unroll,remat", [(0, True), (1, True), (-1, True), (1, "dots")])
+def test_remat_gives_same_gradients(scan_unroll, remat):
     config = ModelConfig(**_tiny_fields())
     model, params = init_model(config)
     model = model.clone(scan_unroll=scan_unroll)
-    model_remat = model.clone(remat=True)
+    model_remat = model.clone(remat=remat)
     ids, mask = _batch("right")
 
     def loss(m, p):
@@ -491,4 +491,6 @@ def test_blocked_causal_attention_equals_the_dense_one(monkeypatch, padding):
     monkeypatch.setattr(llama, "ATTENTION_BLOCK", 8)  # 40 tokens: 5 blocks; packed rows: several
     got, got_grads = run()
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), got_grads, want_grads)
+    # float32 sums in another order: differences scale with each array's largest entry (~15 here)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max())),
+                 got_grads, want_grads)

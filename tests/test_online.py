@@ -134,6 +134,7 @@ def test_acquisition_functions():
     ("rso", {"rso.num_samples": 4, "rso.num_accept": 4}, "num_pairs"),
     ("sppo", {"sppo.iterations": 1}, "iterations"),
     ("selm", {"selm.rounds": 2}, "rounds"),
+    ("selm", {"selm.rounds": 2, "eval.round_prompts": 0}, "rounds"),  # no quick evaluation per round
     ("active_dpo", {"active.acquisitions": 1, "active.labels_per_step": 16, "active.pool_size": 32}, "curves"),
 ])
 def test_online_job_runs_one_tiny_round(tmp_path, sft_cache, name, overrides, key):
@@ -146,6 +147,8 @@ def test_online_job_runs_one_tiny_round(tmp_path, sft_cache, name, overrides, ke
         assert (tmp_path / "active_learning_curve.png").exists()
     if name == "selm":
         assert summary["rounds"][1]["distinct_samples"] is not None
+        quick = overrides.get("eval.round_prompts", 1) > 0
+        assert all(("win_rate_vs_sft" in r) == quick for r in summary["rounds"])
 
 
 def test_selm_resumes_mid_round_and_after_a_finished_round_to_identical_params(tmp_path, sft_cache):

@@ -376,6 +376,41 @@ def test_a_signal_during_the_first_compilation_stops_the_job_at_once(tmp_path, r
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
 
 
+EXIT_DURING_COMPILATION = """
+import sys, time
+import jax, jax.numpy as jnp
+import jaxpref.main as main
+from jaxpref.runtime.host_memory import CompileAhead, CompileInterrupted
+from jaxpref.train.loop import Preempted
+
+def f(x):
+    for i in range(300):
+        x = jnp.sin(x @ x) + i
+    return x
+
+def run(cfg, workdir):
+    step = CompileAhead(jax.jit(f))
+    t0 = time.time()
+    step.interrupt = lambda: time.time() - t0 > 0.3
+    try:
+        step(jnp.ones((64, 64)))
+    except CompileInterrupted:
+        raise Preempted(step=-1, signum=15, saved=False) from None
+
+main.run = run
+main.cli([sys.argv[0], "--config=configs/dpo.py"])
+"""
+
+
+def test_a_job_stopped_during_a_compilation_exits_with_the_signal_status():
+    """The compilation abandoned by a stop still runs in its thread: the job leaves with status
+    128 + 15 (finalizing the interpreter under that thread would abort it: SIGABRT)."""
+    out = subprocess.run([sys.executable, "-c", EXIT_DURING_COMPILATION], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.returncode == 128 + signal.SIGTERM, out.stderr[-2000:]
+    assert "stopped by signal 15" in out.stderr
+
+
 def test_a_signal_during_a_compilation_stops_without_waiting_for_it(tmp_path, reference_run):
     """The first SIGTERM arrives while the step is compiling (before step 1): the job stops right
     away with the resume message instead of finishing the compilation and a step first."""

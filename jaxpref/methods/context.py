@@ -185,8 +185,9 @@ class Context:
         return judge.rewards if getattr(judge, "pointwise", False) else None
 
     def quick_eval(self, params, round_index: int) -> dict:
-        """Win rate / reward / KL on ``eval.round_prompts`` held-out prompts (per-round curves)."""
-        if not self.can_evaluate:
+        """Win rate / reward / KL on ``eval.round_prompts`` held-out prompts (per-round curves; none
+        with 0)."""
+        if not self.can_evaluate or self.cfg.eval.round_prompts == 0:
             return {}
         out = self.evaluate(params, self.cfg.eval.round_prompts, rng_offset=1 + round_index)
         return {k: out[k] for k in ("win_rate_vs_sft", "mean_reward", "kl_vs_sft") if k in out}

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 # Auto block size: about this many logits per block (float32: 64 MiB), within [MIN_BLOCK, V].
-BLOCK_LOGITS = 2**24
+BLOCK_LOGITS = 2**22
 MIN_BLOCK = 512
 
 

@@ -45,6 +45,16 @@ class CompileInterrupted(Exception):
     """A compilation was abandoned because ``CompileAhead.interrupt()`` became true."""
 
 
+COMPILE_THREAD = "xla-compile"
+
+
+def compiling_in_background() -> bool:
+    """True while an abandoned compilation (``CompileInterrupted``) still runs in its thread: the
+    process must then leave by ``os._exit``, as finalizing the interpreter under a thread inside
+    the XLA compiler aborts it (SIGABRT instead of the exit status the job chose)."""
+    return any(t.name == COMPILE_THREAD and t.is_alive() for t in threading.enumerate())
+
+
 class CompileAhead:
     """Wraps a jitted ``step(state, *batch)``: compiles each new batch shape ahead of running it,
     then trims the heap, so the compiler's freed memory is returned before the step's buffers
@@ -75,7 +85,7 @@ class CompileAhead:
             except BaseException as err:  # noqa: BLE001 - re-raised in the calling thread
                 result["error"] = err
 
-        worker = threading.Thread(target=work, daemon=True, name="xla-compile")
+        worker = threading.Thread(target=work, daemon=True, name=COMPILE_THREAD)
         worker.start()
         while worker.is_alive():
             worker.join(timeout=0.1)
