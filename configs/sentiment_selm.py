@@ -35,8 +35,10 @@ def get_config():
     c.num_steps = 28  # per round: one pass over its pairs
     c.batch_size = 8
     c.beta = 0.1
-    # share_prompt stays on (each pair's prompt runs once): an online round has one fixed packed
-    # shape, so the step compiles once whatever the prompts' lengths.
+    # Unpacked rows: with share_prompt the online round's fixed packed shape (sized for the longest
+    # prompt) made each step slower (benchmarks/real_workload.py --only online, 2026-12-07: 10.7 vs
+    # about 7 s per step, the round 89 vs 77 s).
+    c.share_prompt = False
     c.optimizer.learning_rate = 1e-4
     c.optimizer.warmup_steps = 4
     c.log_every = 4
