@@ -23,6 +23,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from jaxpref.runtime.cache_dirs import cache_dir
+
 
 @dataclasses.dataclass(frozen=True)
 class Asset:
@@ -59,8 +61,7 @@ class AssetError(RuntimeError):
 
 def default_cache_dir() -> Path:
     """``$JAXPREF_CACHE_DIR/assets``, or ``~/.cache/jaxpref/assets``."""
-    root = os.environ.get("JAXPREF_CACHE_DIR")
-    return Path(root) / "assets" if root else Path.home() / ".cache" / "jaxpref" / "assets"
+    return Path(cache_dir("assets"))
 
 
 def _resolve(name: str) -> tuple[str, Asset]:

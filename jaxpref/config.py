@@ -70,7 +70,7 @@ def get_base_config() -> ml_collections.ConfigDict:
             num_kv_heads=2,
             remat="auto",  # recompute each layer in the backward: auto (on for hidden_size >= 512) | on | off | dots
             scan_unroll=0,  # layers per scan iteration: 0 auto (all if <= 8 layers), -1 all, 1 rolled
-            logits_chunk=0,  # LM-head positions per chunk in the train step: 0 auto (128 if vocab >= 16k), -1 off
+            logits_chunk=0,  # train step: LM head by vocabulary blocks of N entries: 0 auto (vocab >= 16k), -1 off
         )
     )
 
@@ -434,7 +434,8 @@ HELP: dict[str, str] = {
     "model.remat": "recompute each layer in the backward pass: auto (on for hidden_size >= 512) | on | off | dots "
                    "(keep the projections' outputs, recompute the rest)",
     "model.scan_unroll": "layers per scan iteration: 0 auto, -1 all, 1 rolled",
-    "model.logits_chunk": "train step: LM-head positions per chunk, so [B, T, V] logits never exist: 0 auto, -1 off",
+    "model.logits_chunk": "train step: LM head by vocabulary blocks of this many entries, so [B, T, V] logits never "
+                          "exist: 0 auto, -1 off",
     "sft.num_examples": "tiny model SFT: examples", "sft.steps": "tiny model SFT: steps",
     "sft.batch_size": "tiny model SFT: batch size", "sft.learning_rate": "tiny model SFT: learning rate",
     "sft.cache_dir": "where the SFT policy is cached (default ~/.cache/jaxpref or $JAXPREF_CACHE_DIR)",

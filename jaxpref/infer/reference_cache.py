@@ -27,16 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpref.runtime.cache_dirs import cache_dir
+
 log = logging.getLogger("jaxpref")
 
 
 def default_dir() -> str:
     """``$JAXPREF_REF_CACHE_DIR``, else ``$JAXPREF_CACHE_DIR/reference_logps``, else
     ``~/.cache/jaxpref/reference_logps``."""
-    if os.environ.get("JAXPREF_REF_CACHE_DIR"):
-        return os.environ["JAXPREF_REF_CACHE_DIR"]
-    root = os.environ.get("JAXPREF_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxpref")
-    return os.path.join(root, "reference_logps")
+    return cache_dir("reference_logps", "JAXPREF_REF_CACHE_DIR")
 
 
 def _mix(x: jax.Array) -> jax.Array:

@@ -20,7 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-# Auto block size: about this many logits per block (float32: 64 MiB), within [MIN_BLOCK, V].
+# Auto block size: about this many logits per block (float32: 16 MiB), within [MIN_BLOCK, V].
 BLOCK_LOGITS = 2**22
 MIN_BLOCK = 512
 

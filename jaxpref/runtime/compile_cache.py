@@ -17,6 +17,8 @@ import os
 
 import jax
 
+from jaxpref.runtime.cache_dirs import cache_dir
+
 log = logging.getLogger("jaxpref")
 
 MIN_COMPILE_SECONDS = 1.0
@@ -24,10 +26,7 @@ MIN_COMPILE_SECONDS = 1.0
 
 def default_dir() -> str:
     """``$JAXPREF_COMPILE_CACHE_DIR``, else ``$JAXPREF_CACHE_DIR/xla``, else ``~/.cache/jaxpref/xla``."""
-    if os.environ.get("JAXPREF_COMPILE_CACHE_DIR"):
-        return os.environ["JAXPREF_COMPILE_CACHE_DIR"]
-    root = os.environ.get("JAXPREF_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxpref")
-    return os.path.join(root, "xla")
+    return cache_dir("xla", "JAXPREF_COMPILE_CACHE_DIR")
 
 
 def enable(directory: str = "") -> str:
