@@ -224,10 +224,10 @@ def test_a_second_job_of_the_same_shapes_loads_its_compiled_steps(tmp_path, sft_
     env = {k: v for k, v in os.environ.items() if k != "JAXPREF_COMPILE_CACHE"}
     env["PYTHONPATH"] = ROOT
 
-    def job(name):
+    def job(name, **extra_env):
         out = subprocess.run([sys.executable, "-m", "jaxpref.main", "--config=configs/dpo.py",
-                              f"--workdir={tmp_path / name}", *flags], capture_output=True, text=True, env=env,
-                             cwd=ROOT)
+                              f"--workdir={tmp_path / name}", *flags], capture_output=True, text=True,
+                             env={**env, **extra_env}, cwd=ROOT)
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stderr
 
@@ -235,5 +235,6 @@ def test_a_second_job_of_the_same_shapes_loads_its_compiled_steps(tmp_path, sft_
     assert f"compiled steps are cached in {cache}" in first
     entries = set(os.listdir(cache))
     assert any("step" in e for e in entries)
-    job("b")
+    second = job("b", JAX_DEBUG_LOG_MODULES="jax._src.compiler")  # JAX then logs each cache hit
+    assert "Persistent compilation cache hit" in second and "step" in second.split("cache hit", 1)[1][:200]
     assert set(os.listdir(cache)) == entries  # the second job compiled nothing new worth caching
