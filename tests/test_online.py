@@ -177,6 +177,44 @@ def test_selm_resumes_mid_round_and_after_a_finished_round_to_identical_params(t
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name,overrides", [("selm", {"selm.rounds": 2}), ("sppo", {"sppo.iterations": 2})])
+def test_sampled_rounds_take_their_reference_log_probs_from_the_sampler(monkeypatch, tmp_path, sft_cache, name,
+                                                                     overrides):
+    """A round whose reference is its start policy trains on responses that policy sampled, so the
+    sampler's log-probs are the reference's: no reference pass for those rounds, and the same
+    numbers (to float32 summation order) as the pass computes."""
+    from jaxpref.train import rounds
+
+    def record(into):
+        original = rounds.Trainer._with_reference_logps
+
+        def wrapped(self, data, names, *args, **kwargs):
+            out = original(self, data, names, *args, **kwargs)
+            into.append({n: np.asarray(out.extras[f"ref_{n}"]) for n in names})
+            return out
+        return wrapped
+
+    passes = []
+    real_pass = rounds.reference_logps_of
+    monkeypatch.setattr(rounds, "reference_logps_of", lambda *a, **k: passes.append(1) or real_pass(*a, **k))
+    from_sampler: list = []
+    monkeypatch.setattr(rounds.Trainer, "_with_reference_logps", record(from_sampler))
+    overrides = {**overrides, "ref_cache": False}  # SELM's offline round: a pass, not a cache hit
+    run(tiny_online(name, sft_cache, **overrides), str(tmp_path / "sampler"))
+    sampled_rounds = 2 if name == "sppo" else 1  # SELM's first round trains on the offline pairs
+    assert len(from_sampler) == 2 and len(passes) == 2 - sampled_rounds
+
+    from_pass: list = []
+    monkeypatch.setattr(rounds.Trainer, "_with_reference_logps", record(from_pass))
+    monkeypatch.setattr(rounds.Trainer, "_sampler_is_reference", staticmethod(lambda rnd, plan: False))
+    run(tiny_online(name, sft_cache, **overrides), str(tmp_path / "pass"))
+    # the first sampled round (later ones sample from policies trained on slightly different numbers)
+    got, want = from_sampler[2 - sampled_rounds], from_pass[2 - sampled_rounds]
+    assert got.keys() == want.keys() and {"chosen", "rejected"} <= set(got)  # SELM: and its greedy "sample"
+    for n in got:
+        np.testing.assert_allclose(got[n], want[n], rtol=1e-5, atol=1e-4)
+
+
 def compiles_per_round(monkeypatch, cfg, workdir) -> tuple[list[int], dict]:
     """Runs ``cfg`` and counts XLA compilations from each round's ``make_round`` call to the next
     one (sampling, judging, reference pass, training, quick evaluation); the last entry counts what

@@ -129,10 +129,10 @@ class Context:
                         eos_id=self.eos_id, sampling=self.cfg.sampling, mesh=self.mesh, temperature=temperature,
                         prompt_len=self.max_prompt_tokens)
 
-    def greedy(self, params, prompts) -> list[list[int]]:
-        """One greedy response per prompt."""
-        responses, _ = self.sample(params, prompts, 1, 0, temperature=0.0)
-        return [r[0] for r in responses]
+    def greedy(self, params, prompts) -> tuple[list[list[int]], np.ndarray]:
+        """One greedy response per prompt and its model log-prob ``[n]``."""
+        responses, logps = self.sample(params, prompts, 1, 0, temperature=0.0)
+        return [r[0] for r in responses], logps[:, 0]
 
     def score(self, params, prompts, responses: list[list[list[int]]]) -> np.ndarray:
         """Log-probs ``[n, K]`` of K responses per prompt under ``params``."""

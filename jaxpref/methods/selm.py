@@ -63,19 +63,23 @@ def make_round(ctx, rnd: int) -> Round | None:
     if rnd == 0 and has_offline_pairs(ctx):
         return offline_round(ctx, name, reference)
     prompts = ctx.train_prompts(cfg.num_prompts, round_index=rnd)
-    responses, _ = ctx.sample(ctx.params, prompts, scfg.num_samples, cfg.seed * 100 + rnd)
+    responses, logps = ctx.sample(ctx.params, prompts, scfg.num_samples, cfg.seed * 100 + rnd)
     best, worst, keep = pick_best_worst(ctx.rewards(prompts, responses))
     rows = np.flatnonzero(keep)
     kept_prompts = [prompts[b] for b in rows]
     samples = [None] * len(rows)
+    # the round's start policy sampled them and is its reference (Round.sampler_logps)
+    sampler_logps = {"ref_chosen": logps[rows, best[rows]], "ref_rejected": logps[rows, worst[rows]]}
     if "sample" in get_objective(cfg.loss).groups:
-        samples = ctx.greedy(ctx.params, kept_prompts)  # y_ref from the reference: this round's start
+        # y_ref from the reference: this round's start
+        samples, sampler_logps["ref_sample"] = ctx.greedy(ctx.params, kept_prompts)
     pairs = [PairExample(p, responses[b][best[b]], responses[b][worst[b]], y)
              for p, b, y in zip(kept_prompts, rows, samples)]
     diversity = distinct_fraction([y for ys in responses for y in ys])
     log.info("selm round %d: %d pairs, distinct samples %.3f", rnd + 1, len(pairs), diversity)
     return Round(name, TrainingSet(pairs), cfg.loss, cfg.num_steps, seed=cfg.seed + rnd, reference=reference,
-                 sampled=True, shapes=ctx.shapes(prompts), info={"distinct_samples": diversity})
+                 sampled=True, shapes=ctx.shapes(prompts), info={"distinct_samples": diversity},
+                 sampler_logps=sampler_logps)
 
 
 def has_offline_pairs(ctx) -> bool:

@@ -58,7 +58,7 @@ def make_round(ctx, it: int) -> Round | None:
     if it >= scfg.iterations:
         return None
     prompts = ctx.train_prompts(cfg.num_prompts, round_index=it)
-    responses, _ = ctx.sample(ctx.params, prompts, scfg.num_samples, cfg.seed * 100 + it)
+    responses, logps = ctx.sample(ctx.params, prompts, scfg.num_samples, cfg.seed * 100 + it)
     pref = preference_matrix(ctx.judge, prompts, responses)
     p_hat = win_rate_estimates(pref)
     best, worst, keep = pick_best_worst(p_hat)
@@ -69,7 +69,8 @@ def make_round(ctx, it: int) -> Round | None:
     log.info("sppo iteration %d: %d/%d informative prompts", it + 1, rows.size, len(prompts))
     info = {"iteration": it + 1, "mean_best_win_rate": float(p_hat[rows, best[rows]].mean())}
     return Round(f"sppo it{it + 1}", data, cfg.loss, cfg.num_steps, seed=cfg.seed + it,
-                 reference=Reference("round_start"), sampled=True, shapes=ctx.shapes(prompts), info=info)
+                 reference=Reference("round_start"), sampled=True, shapes=ctx.shapes(prompts), info=info,
+                 sampler_logps={"ref_chosen": logps[rows, best[rows]], "ref_rejected": logps[rows, worst[rows]]})
 
 
 def summarize(ctx, result) -> dict:

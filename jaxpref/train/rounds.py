@@ -98,6 +98,11 @@ class Round:
         index); rounds meant to be compared on the same held-out samples share it.
       order: how batches are drawn (``data.stream.BatchStream``): shuffled ``"epochs"`` or
         ``"replacement"``.
+      sampler_logps: ``{"ref_<group>": [N] float32}``, each example's log-probs (temperature 1,
+        summed over its completion tokens) under the params that sampled it, as the sampler
+        computed them. With a ``Reference("round_start")`` the sampling params are the
+        reference, so a precomputed reference reads these instead of running a reference pass
+        (for the plain sequence scoring; ``Trainer.train``).
     """
 
     name: str
@@ -112,6 +117,7 @@ class Round:
     info: dict = dataclasses.field(default_factory=dict)
     eval_index: int | None = None
     order: str = "epochs"
+    sampler_logps: dict[str, np.ndarray] | None = None
 
 
 @dataclasses.dataclass
@@ -299,6 +305,10 @@ class Trainer:
                                  max_tokens=plan["max_tokens"])
         except TokenBudgetError as exc:
             raise ConfigError(f"config.data.max_tokens_per_batch: {exc}; raise it") from None
+        if plan["precompute"] and self._sampler_is_reference(rnd, plan):
+            data = data.with_extras(**{f"ref_{n}": rnd.sampler_logps[f"ref_{n}"] for n in names})
+            log.info("%s: reference log-probs from the sampler (the round's start policy, its reference, "
+                     "sampled the responses): no reference pass", rnd.name)
         if plan["precompute"]:
             data = self._with_reference_logps(data, names, stream, rnd.steps, ref_params, buckets=buckets,
                                               share_prompt=plan["share_prompt"], packed=packed,
@@ -405,6 +415,15 @@ class Trainer:
         if state.loss_state is None:
             state = state.replace(loss_state=jax.device_put(initial_loss_state(), sharding.replicated(self.mesh)))
         return state
+
+    @staticmethod
+    def _sampler_is_reference(rnd: Round, plan: dict) -> bool:
+        """Whether ``rnd.sampler_logps`` are its reference log-probs: the reference is the round's
+        start (the params that sampled), the round trains from there, and the sequences are scored
+        plainly (no length weighting: ``Scoring``)."""
+        names = plan["objective"].groups
+        return (rnd.sampler_logps is not None and rnd.reference.start == "round_start" and rnd.init == "continue"
+                and plan["scoring"] == PLAIN and all(f"ref_{n}" in rnd.sampler_logps for n in names))
 
     def _with_reference_logps(self, data: TrainingSet, names, stream: BatchStream, steps: int, ref_params, *,
                               buckets, share_prompt: bool, packed, scoring: Scoring = PLAIN,
