@@ -358,6 +358,7 @@ def test_pack_shared_prompt_layout_and_errors():
     assert packed.source_index[0, :4].tolist() == [1, 2, 3, 1]
     assert packed.target_segment[0, :5].tolist() == [2, 2, 2, 3, 0]
     assert [packed_length(n) for n in (1, 17, 25, 33, 49, 97)] == [16, 24, 32, 48, 64, 128]
+    assert [packed_length(n) for n in (129, 161, 200, 225, 1788, 1793)] == [160, 192, 224, 256, 1792, 2048]
     bad = batch._replace(rejected_ids=batch.rejected_ids.copy())
     bad.rejected_ids[0, 0] = 99
     with pytest.raises(ValueError, match="row 0"):
