@@ -206,13 +206,51 @@ def test_sampled_rounds_take_their_reference_log_probs_from_the_sampler(monkeypa
 
     from_pass: list = []
     monkeypatch.setattr(rounds.Trainer, "_with_reference_logps", record(from_pass))
-    monkeypatch.setattr(rounds.Trainer, "_sampler_is_reference", staticmethod(lambda rnd, plan: False))
+    monkeypatch.setattr(rounds.Trainer, "_sampler_is_reference", lambda *args: False)
     run(tiny_online(name, sft_cache, **overrides), str(tmp_path / "pass"))
     # the first sampled round (later ones sample from policies trained on slightly different numbers)
     got, want = from_sampler[2 - sampled_rounds], from_pass[2 - sampled_rounds]
     assert got.keys() == want.keys() and {"chosen", "rejected"} <= set(got)  # SELM: and its greedy "sample"
     for n in got:
         np.testing.assert_allclose(got[n], want[n], rtol=1e-5, atol=1e-4)
+
+
+def test_sampler_log_probs_are_not_the_reference_where_they_could_differ():
+    """The guard of the test above: not in bf16 compute (another decode path, other rounding), not
+    when a first LoRA round starts from loaded adapters but sampled from the plain base, not with
+    an empty prompt (the sampler scores the first response token, the train step never scores a
+    sequence's first token), and not for length-weighted scoring or a reference at the job's start."""
+    import types
+
+    from jaxpref.data.batches import PairExample
+    from jaxpref.data.training_set import TrainingSet
+    from jaxpref.objectives import get_objective
+    from jaxpref.train import rounds
+    from jaxpref.train.step import PLAIN
+
+    def rnd(prompt=(1, 2), **kw):
+        data = TrainingSet([PairExample(list(prompt), [3, 4], [5])])
+        logps = {"ref_chosen": np.zeros(1, np.float32), "ref_rejected": np.zeros(1, np.float32)}
+        return rounds.Round("r", data, "dpo", 1, 0, reference=rounds.Reference(kw.pop("start", "round_start")),
+                            sampler_logps=logps, **kw)
+
+    plan = {"objective": get_objective("dpo"), "scoring": PLAIN}
+    base = {"layers": {"q": {"kernel": np.zeros((2, 2))}}}
+    with_adapters = {"layers": {"q": {"kernel": np.zeros((2, 2)), "kernel_lora_a": np.zeros((2, 1)),
+                                      "kernel_lora_b": np.zeros((1, 2))}}}
+
+    def ok(r, *, dtype=jnp.float32, lora=None, fresh=True, start=base, scoring=PLAIN):
+        trainer = types.SimpleNamespace(lora=lora, fresh_adapters=fresh, model=types.SimpleNamespace(dtype=dtype))
+        return rounds.Trainer._sampler_is_reference(trainer, r, {**plan, "scoring": scoring}, start)
+
+    assert ok(rnd())
+    assert not ok(rnd(), dtype=jnp.bfloat16)
+    assert not ok(rnd(prompt=()))
+    assert not ok(rnd(start="sft")) and not ok(rnd(init="sft"))
+    assert not ok(rnd(), scoring=PLAIN._replace(ld_alpha=0.5))
+    assert ok(rnd(), lora="spec", fresh=True)  # fresh adapters change nothing: the base sampled the start
+    assert not ok(rnd(), lora="spec", fresh=False)  # loaded adapters, sampled without them
+    assert ok(rnd(), lora="spec", fresh=False, start=with_adapters)  # later rounds sample with them
 
 
 def compiles_per_round(monkeypatch, cfg, workdir) -> tuple[list[int], dict]:

@@ -305,7 +305,7 @@ class Trainer:
                                  max_tokens=plan["max_tokens"])
         except TokenBudgetError as exc:
             raise ConfigError(f"config.data.max_tokens_per_batch: {exc}; raise it") from None
-        if plan["precompute"] and self._sampler_is_reference(rnd, plan):
+        if plan["precompute"] and self._sampler_is_reference(rnd, plan, start):
             data = data.with_extras(**{f"ref_{n}": rnd.sampler_logps[f"ref_{n}"] for n in names})
             log.info("%s: reference log-probs from the sampler (the round's start policy, its reference, "
                      "sampled the responses): no reference pass", rnd.name)
@@ -416,14 +416,25 @@ class Trainer:
             state = state.replace(loss_state=jax.device_put(initial_loss_state(), sharding.replicated(self.mesh)))
         return state
 
-    @staticmethod
-    def _sampler_is_reference(rnd: Round, plan: dict) -> bool:
+    def _sampler_is_reference(self, rnd: Round, plan: dict, start) -> bool:
         """Whether ``rnd.sampler_logps`` are its reference log-probs: the reference is the round's
-        start (the params that sampled), the round trains from there, and the sequences are scored
-        plainly (no length weighting: ``Scoring``)."""
+        start and the round trains from there; ``start`` (the params handed to the round) sampled,
+        which with LoRA holds the round's adapters unless the job's starting ones are fresh (a
+        first round from ``lora.init_from`` adapters sampled from the plain base); the sequences are
+        scored plainly (no length weighting: ``Scoring``) in float32 (the sampler's decode path
+        differs from the train forward in bf16 rounding); every prompt holds a token (the sampler
+        scores a response's first token, the train step scores no sequence's first token)."""
+        from jaxpref.models.lora import has_adapters
+
         names = plan["objective"].groups
-        return (rnd.sampler_logps is not None and rnd.reference.start == "round_start" and rnd.init == "continue"
-                and plan["scoring"] == PLAIN and all(f"ref_{n}" in rnd.sampler_logps for n in names))
+        if not (rnd.sampler_logps is not None and rnd.reference.start == "round_start" and rnd.init == "continue"
+                and plan["scoring"] == PLAIN and all(f"ref_{n}" in rnd.sampler_logps for n in names)):
+            return False
+        if self.lora is not None and not has_adapters(start) and not self.fresh_adapters:
+            return False
+        if jnp.dtype(getattr(self.model, "dtype", jnp.float32)) != jnp.float32:
+            return False
+        return all(len(e.prompt) > 0 for e in rnd.data.examples)
 
     def _with_reference_logps(self, data: TrainingSet, names, stream: BatchStream, steps: int, ref_params, *,
                               buckets, share_prompt: bool, packed, scoring: Scoring = PLAIN,
