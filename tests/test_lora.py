@@ -2,6 +2,7 @@
 equals the adapted model, PEFT folders that ``peft`` loads onto the HF base with the same logits,
 and jobs that train only the adapters with the base as the reference."""
 
+import dataclasses
 import json
 
 import jax
@@ -171,6 +172,44 @@ def test_online_rounds_with_lora_continue_the_adapters_and_resume(tmp_path):
     assert len(first["rounds"]) == 2 and first["lora"]["rank"] == 8
     again = run(cfg, str(tmp_path / "selm"))  # resumes after the last round: same policy, same evaluation
     assert again["win_rate_vs_sft"] == first["win_rate_vs_sft"] and again["kl_vs_sft"] == first["kl_vs_sft"]
+
+
+def test_online_rounds_from_loaded_adapters_sample_the_adapted_policy(monkeypatch, tmp_path):
+    """With ``lora.init_from``, the job's starting policy is the base with those adapters: SPPO's
+    first round samples from it (not from the bare base), so its sampler log-probs are the
+    reference's and no reference pass runs."""
+    from helpers import tiny_online
+
+    from jaxpref.main import run
+    from jaxpref.methods import sppo
+    from jaxpref.train import rounds
+
+    trained = tiny_online("sppo", tmp_path / "sft", **{"sppo.iterations": 1, "lora.rank": 8, "lora.alpha": 16.0,
+                                                       "optimizer.learning_rate": 3e-2,
+                                                       "export_adapter_dir": str(tmp_path / "adapter")})
+    run(trained, str(tmp_path / "first"))
+    sampled_from, sampler_used = [], []
+    real_make_round = sppo.make_round
+
+    def make_round(ctx, index):
+        sampled_from.append(ctx.params)
+        return real_make_round(ctx, index)
+
+    real_guard = rounds.Trainer._sampler_is_reference
+    monkeypatch.setattr(sppo, "METHOD", dataclasses.replace(sppo.METHOD, make_round=make_round))
+    monkeypatch.setattr(rounds.Trainer, "_sampler_is_reference",
+                        lambda *a: sampler_used.append(real_guard(*a)) or sampler_used[-1])
+    again = tiny_online("sppo", tmp_path / "sft", **{"sppo.iterations": 1, "lora.rank": 0,
+                                                     "lora.init_from": str(tmp_path / "adapter")})
+    run(again, str(tmp_path / "again"))
+    assert lora.has_adapters(sampled_from[0])
+    adapters, base = lora.split(sampled_from[0])
+    _, loaded = lora.read_peft_adapter(tmp_path / "adapter", base)
+    assert jax.tree.structure(adapters) == jax.tree.structure(loaded)
+    for x, y in zip(jax.tree.leaves(adapters), jax.tree.leaves(loaded)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+    assert any(float(np.abs(x).max()) > 0 for x in jax.tree.leaves(loaded))  # not a fresh (zero) adapter
+    assert sampler_used == [True]
 
 
 @pytest.mark.parametrize("param_dtype, rank", [("", 0), ("bfloat16", 0), ("", 4)])

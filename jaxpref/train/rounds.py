@@ -419,8 +419,8 @@ class Trainer:
     def _sampler_is_reference(self, rnd: Round, plan: dict, start) -> bool:
         """Whether ``rnd.sampler_logps`` are its reference log-probs: the reference is the round's
         start and the round trains from there; ``start`` (the params handed to the round) sampled,
-        which with LoRA holds the round's adapters unless the job's starting ones are fresh (a
-        first round from ``lora.init_from`` adapters sampled from the plain base); the sequences are
+        which with LoRA must hold the round's adapters unless the job's starting ones are fresh
+        (``run_rounds`` starts from the base with any loaded adapters); the sequences are
         scored plainly (no length weighting: ``Scoring``) in float32 (the sampler's decode path
         differs from the train forward in bf16 rounding); every prompt holds a token (the sampler
         scores a response's first token, the train step scores no sequence's first token)."""
@@ -595,7 +595,12 @@ def run_rounds(method, ctx, trainer: Trainer) -> JobResult:
     ckpt = trainer.checkpointer
     restored = ckpt.restore_latest(lambda m: trainer.restore_template(_round_meta(m))) if ckpt else None
     index, first_step, resumed_from = 0, 0, 0
-    ctx.params, ctx.history = trainer.start_params, []
+    # the job's starting policy: with LoRA adapters loaded from lora.init_from, the base with them
+    # (what round 0 samples from and trains on); fresh adapters change nothing, the base serves
+    start_policy = trainer.start_params
+    if trainer.lora is not None and not trainer.fresh_adapters:
+        start_policy = trainer.policy_params(trainer.trainable_start)
+    ctx.params, ctx.history = start_policy, []
     pending_state, pending_round = None, None
     if restored is not None:
         _, state, meta = restored
