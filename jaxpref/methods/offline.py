@@ -160,6 +160,12 @@ def pick_best_worst(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return best, worst, informative
 
 
+def chosen_rejected(values: np.ndarray, rows: np.ndarray, best: np.ndarray, worst: np.ndarray):
+    """``(values[rows, best[rows]], values[rows, worst[rows]])``: the ``[n, k]`` per-sample
+    ``values`` of the chosen and rejected responses of the kept ``rows`` (``pick_best_worst``)."""
+    return values[rows, best[rows]], values[rows, worst[rows]]
+
+
 def reference_rule(cfg) -> Reference:
     """The offline job's reference: the starting policy, frozen or trust-region updated."""
     return Reference("sft", every=cfg.ref_update_every, alpha=cfg.ref_update_alpha,

@@ -25,7 +25,7 @@ from jaxpref.config import require
 from jaxpref.data.batches import PairExample
 from jaxpref.data.training_set import TrainingSet
 from jaxpref.methods import Method, check_loss, load_own_data, offline, training_steps
-from jaxpref.methods.offline import pick_best_worst
+from jaxpref.methods.offline import chosen_rejected, pick_best_worst
 from jaxpref.objectives import PAIR, get_objective
 from jaxpref.train.rounds import Reference, Round
 
@@ -69,7 +69,8 @@ def make_round(ctx, rnd: int) -> Round | None:
     kept_prompts = [prompts[b] for b in rows]
     samples = [None] * len(rows)
     # the round's start policy sampled them and is its reference (Round.sampler_logps)
-    sampler_logps = {"ref_chosen": logps[rows, best[rows]], "ref_rejected": logps[rows, worst[rows]]}
+    ref_chosen, ref_rejected = chosen_rejected(logps, rows, best, worst)
+    sampler_logps = {"ref_chosen": ref_chosen, "ref_rejected": ref_rejected}
     if "sample" in get_objective(cfg.loss).groups:
         # y_ref from the reference: this round's start
         samples, sampler_logps["ref_sample"] = ctx.greedy(ctx.params, kept_prompts)

@@ -23,7 +23,7 @@ from jaxpref.data.batches import PairExample
 from jaxpref.data.training_set import TrainingSet
 from jaxpref.judges.base import preference_matrix
 from jaxpref.methods import Method, check_loss
-from jaxpref.methods.offline import pick_best_worst
+from jaxpref.methods.offline import chosen_rejected, pick_best_worst
 from jaxpref.objectives import PAIR
 from jaxpref.train.rounds import Reference, Round
 
@@ -64,13 +64,15 @@ def make_round(ctx, it: int) -> Round | None:
     best, worst, keep = pick_best_worst(p_hat)
     rows = np.flatnonzero(keep)
     pairs = [PairExample(prompts[b], responses[b][best[b]], responses[b][worst[b]]) for b in rows]
-    data = TrainingSet(pairs, {"chosen_probs": p_hat[rows, best[rows]], "rejected_probs": p_hat[rows, worst[rows]],
+    chosen_probs, rejected_probs = chosen_rejected(p_hat, rows, best, worst)
+    data = TrainingSet(pairs, {"chosen_probs": chosen_probs, "rejected_probs": rejected_probs,
                                "pair_probs": pref[rows, best[rows], worst[rows]]})
     log.info("sppo iteration %d: %d/%d informative prompts", it + 1, rows.size, len(prompts))
-    info = {"iteration": it + 1, "mean_best_win_rate": float(p_hat[rows, best[rows]].mean())}
+    info = {"iteration": it + 1, "mean_best_win_rate": float(chosen_probs.mean())}
+    ref_chosen, ref_rejected = chosen_rejected(logps, rows, best, worst)  # the round's start sampled them
     return Round(f"sppo it{it + 1}", data, cfg.loss, cfg.num_steps, seed=cfg.seed + it,
                  reference=Reference("round_start"), sampled=True, shapes=ctx.shapes(prompts), info=info,
-                 sampler_logps={"ref_chosen": logps[rows, best[rows]], "ref_rejected": logps[rows, worst[rows]]})
+                 sampler_logps={"ref_chosen": ref_chosen, "ref_rejected": ref_rejected})
 
 
 def summarize(ctx, result) -> dict:
