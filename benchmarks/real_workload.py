@@ -136,6 +136,7 @@ def _jaxpref_cfg(spec: dict[str, Any], name: str, overrides: dict):
     for k, v in {"model.name": "hf", "model.path": spec["hf_dir"], "ref_cache_dir": spec["cache_dir"],
                  "compile_cache_dir": spec["xla_dir"],  # this run's own (empty at its start)
                  "log_every": 1, "checkpoint_every": 10_000, "overwrite": True,  # a benchmark run starts over
+                 **({"model.remat": spec["remat"]} if spec.get("remat") else {}),
                  **overrides}.items():
         set_field(cfg, k, v)
     return cfg
@@ -324,6 +325,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--lengths", default=None, help="comma-separated fixed lengths of the sweep "
                         "(default 128,256,512,1024; --quick: 64,128)")
+    parser.add_argument("--remat", default="", choices=("", "auto", "on", "off", "dots"),
+                        help="jaxpref's config.model.remat (default: the config's, auto; TRL keeps every "
+                             "activation, as remat=off does)")
     args = parser.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
     if args.lengths:
@@ -333,7 +337,7 @@ def main(argv: list[str]) -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="real_workload_"))
     common = {**settings, "hf_dir": args.hf_dir or str(work / "smollm2_hf"), "data_dir": str(work / "data"),
               "workdir": str(work / "runs"), "cache_dir": str(work / "ref_cache"),
-              "xla_dir": str(work / f"xla_{time.strftime('%Y%m%d_%H%M%S')}")}
+              "xla_dir": str(work / f"xla_{time.strftime('%Y%m%d_%H%M%S')}"), "remat": args.remat}
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     data = harness.run_worker(__file__, "prepare", common, work / "logs")
     out: dict[str, Any] = {"settings": {**settings, "batch_pairs": BATCH, "dtype": "float32", "loss": "sigmoid DPO",

@@ -121,6 +121,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # shapes loads its compiled steps instead of compiling them; "" dir: ~/.cache/jaxpref/xla.
     c.compile_cache = True
     c.compile_cache_dir = ""
+    # Compiled train steps kept in memory (one per batch shape, least recently used dropped; each
+    # costs host memory, about 50 MB for SmolLM2-135M on CPU): jaxpref.runtime.host_memory.
+    c.max_step_executables = 8
     c.precompute_only = False
     # Pairs: run each prompt once, chosen and rejected completions packed behind it
     # (jaxpref.data.batches.pack_shared_prompt); same log-probs, fewer tokens through the model.
@@ -240,7 +243,7 @@ CHECKS: dict[str, Check] = {
     "data.on_bad_row": Check(str, choices=("error", "drop")),
     "ref_update_every": NON_NEGATIVE_INT, "ref_update_alpha": PROBABILITY, "precompute_ref_logps": FLAG,
     "ref_cache": FLAG, "ref_cache_dir": Check(str), "precompute_only": FLAG,
-    "compile_cache": FLAG, "compile_cache_dir": Check(str),
+    "compile_cache": FLAG, "compile_cache_dir": Check(str), "max_step_executables": POSITIVE_INT,
     "share_prompt": FLAG, "padding_free": FLAG,
     "optimizer.name": Check(str, choices=OPTIMIZERS),
     "optimizer.learning_rate": Check(float, low=0, low_open=True, high=FLOAT32_MAX),
@@ -271,7 +274,7 @@ RESUMABLE = ("num_steps", "num_epochs", "log_every", "checkpoint_every", "keep_c
              "export_adapter_dir",
              "save_optimizer_state", "overwrite", "on_nonfinite", "max_consecutive_skips", "eval", "mesh",
              "distributed", "sft.cache_dir", "sampling.batch_size", "ref_cache", "ref_cache_dir", "precompute_only",
-             "compile_cache", "compile_cache_dir")
+             "compile_cache", "compile_cache_dir", "max_step_executables")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -458,6 +461,8 @@ HELP: dict[str, str] = {
     "compile_cache": "keep compiled steps on disk (JAX persistent compilation cache) for jobs of the same shapes; "
                      "JAXPREF_COMPILE_CACHE=0 in the environment turns it off",
     "compile_cache_dir": "compilation cache (default ~/.cache/jaxpref/xla or $JAXPREF_CACHE_DIR/xla)",
+    "max_step_executables": "compiled train steps kept in memory, one per batch shape (least recently used "
+                            "dropped, compiled again if met again)",
     "padding_free": "share_prompt packing puts several pairs per row (not with grad_accum_steps > 1)",
     "share_prompt": "pairs: run each prompt once with both responses packed behind it (not with ld_alpha, "
                     "use_weighting or orpo, which score unpacked rows)",

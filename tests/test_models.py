@@ -143,6 +143,32 @@ def test_logits_match_transformers(hf_checkpoint, padding):
     assert _max_diff_on_real_tokens(logits, expected, mask) <= TOL
 
 
+def test_params_are_placed_one_by_one_as_they_are_converted(hf_checkpoint):
+    """``place`` gets each param as soon as it is built (no whole host copy of the params first),
+    and the tree holds what it returned; load_pretrained's params are device arrays equal to it."""
+    from jaxpref.models.hf_io import _SafetensorsFolder, load_config, params_from_hf
+
+    _, _, folder = hf_checkpoint
+    files = _SafetensorsFolder(folder)
+    events = []
+
+    def get(name):
+        events.append("read")
+        return files.get(name)
+
+    def place(array):
+        events.append("place")
+        return ("placed", array)
+
+    placed = params_from_hf(load_config(folder), get, np.float32, place=place)
+    leaves = jax.tree.leaves(placed, is_leaf=lambda x: isinstance(x, tuple))
+    assert all(leaf[0] == "placed" for leaf in leaves) and events.count("place") == len(leaves)
+    assert events[-1] == "place" and events.index("place") < len(events) - len(leaves)  # interleaved
+    _, params = load_pretrained(folder)
+    for (_, host), device in zip(leaves, jax.tree.leaves(params), strict=True):
+        assert isinstance(device, jax.Array) and np.array_equal(np.asarray(device), host)
+
+
 def test_loaded_config_matches_checkpoint(hf_checkpoint):
     name, torch_model, folder = hf_checkpoint
     model, _ = load_pretrained(folder)

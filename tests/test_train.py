@@ -242,6 +242,36 @@ def test_compile_ahead_matches_jit_and_reuses_executables():
     assert isinstance(release_free_heap(), bool)
 
 
+def test_compile_ahead_keeps_at_most_max_executables_and_frees_dropped_ones():
+    """The least recently used shape is dropped first, and nothing else keeps its executable alive
+    (jax.jit's own caches are cleared after each compilation): a dropped shape compiles again."""
+    import gc
+    import weakref
+
+    from jaxpref.runtime.host_memory import CompileAhead
+
+    traced = []
+
+    def step(state, x):
+        traced.append(x.shape[0])
+        return state + x.sum(), {"loss": x.mean()}
+
+    wrapped = CompileAhead(jax.jit(step), max_executables=2)
+    state = jnp.float32(0.0)
+    for n in (2, 3, 2, 4):  # 2 is used again before 4 arrives, so 3 is the one dropped
+        state, _ = wrapped(state, jnp.ones(n))
+    assert float(state) == 11.0
+    assert traced == [2, 3, 4] and wrapped.compilations == 3
+    assert [key[1][0][0] for key in wrapped._executables] == [(2,), (4,)]
+    dropped = weakref.ref(wrapped._executables[next(iter(wrapped._executables))])
+    state, _ = wrapped(state, jnp.ones(3))  # drops shape 2, compiles 3 again
+    gc.collect()
+    assert dropped() is None, "a dropped executable is still referenced (by jax.jit's caches?)"
+    assert traced == [2, 3, 4, 3] and wrapped.compilations == 4 and float(state) == 14.0
+    with pytest.raises(ValueError, match="max_executables"):
+        CompileAhead(jax.jit(step), max_executables=0)
+
+
 def _random_pairs(rng, n, vocab, *, max_prompt, max_completion):
     """Pairs with varied prompt (including empty) and completion lengths."""
     def tokens(lo, hi):

@@ -178,9 +178,9 @@ def load_gguf(
         suffix = name.split(".", 3)[-1]
         return unpermute_rope_rows(weight, heads[suffix]) if suffix in heads else weight
 
-    params = params_from_hf(config, get_tensor, param_dtype)
+    params = params_from_hf(config, get_tensor, param_dtype, place=jax.device_put)
     model = CausalLM(config, dtype=dtype, param_dtype=param_dtype)
-    return model, jax.device_put(params)
+    return model, params
 
 
 def _byte_level_bpe(tokens: list[str], merges: list[str], split_digits: bool) -> Any:

@@ -108,11 +108,15 @@ def param_shapes(model: CausalLM) -> Any:
     return jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
 
 
-def params_from_hf(config: ModelConfig, get_tensor: TensorLookup, param_dtype: DType) -> Any:
+def params_from_hf(config: ModelConfig, get_tensor: TensorLookup, param_dtype: DType,
+                   place: Callable[[np.ndarray], Any] | None = None) -> Any:
     """Host (numpy) params of ``config``'s model, from HF-named tensors.
 
     ``get_tensor(name)`` returns the HF tensor or raises ``KeyError``. Raises ``ValueError``
-    naming the tensor when one is missing or has an unexpected shape.
+    naming the tensor when one is missing or has an unexpected shape. ``place`` (e.g.
+    ``jax.device_put``) is applied to each param as soon as it is converted, so that at most one
+    host copy of a param exists at a time (loading then peaks at the params plus one leaf, not
+    at twice the params).
     """
     dtype = np.dtype(param_dtype)
 
@@ -132,7 +136,8 @@ def params_from_hf(config: ModelConfig, get_tensor: TensorLookup, param_dtype: D
                     f"tensor {name!r} has shape {hf_array.shape}, expected {rule.hf_shape(shape)} for this config"
                 )
             out[i] = rule.to_ours(hf_array, shape).astype(dtype)
-        return out if stacked else out[0]
+        out = out if stacked else out[0]
+        return out if place is None else place(out)
 
     shapes = param_shapes(CausalLM(config, param_dtype=dtype))
     return jax.tree_util.tree_map_with_path(convert, shapes)
@@ -224,14 +229,14 @@ def load_pretrained(
         read.add(name)
         return folder.get(name)
 
-    params = params_from_hf(config, get_tensor, param_dtype)
+    params = params_from_hf(config, get_tensor, param_dtype, place=jax.device_put)
     if config.tie_word_embeddings:
         read.add("lm_head.weight")  # some tied checkpoints store the shared matrix twice
     unused = [n for n in folder.names() if n not in read and not _IGNORED_TENSOR.match(n)]
     if unused:
         logging.warning("ignoring %d checkpoint tensors, e.g. %s", len(unused), unused[:5])
     model = CausalLM(config, dtype=dtype, param_dtype=np.dtype(param_dtype))
-    return model, jax.device_put(params)
+    return model, params
 
 
 def parse_size(size: int | str) -> int:

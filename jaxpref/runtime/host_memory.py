@@ -6,10 +6,13 @@ separate large mappings that never reuse them, so on CPU they stay in the proces
 for the whole run (measured: 180-250 MiB of a 0.8-3 GiB peak, ``benchmarks/RESULTS.md``).
 Trimming the heap after each compilation, before the compiled step first runs
 (``CompileAhead``), returns them. Elsewhere (macOS, musl) the trim is a no-op.
+
+``CompileAhead`` also bounds how many compiled steps stay in memory (one per batch shape).
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import functools
@@ -47,6 +50,9 @@ class CompileInterrupted(Exception):
 
 COMPILE_THREAD = "xla-compile"
 
+# Train-step executables kept per step function (``config.max_step_executables``).
+DEFAULT_MAX_EXECUTABLES = 8
+
 
 def compiling_in_background() -> bool:
     """True while an abandoned compilation (``CompileInterrupted``) still runs in its thread: the
@@ -61,17 +67,29 @@ class CompileAhead:
     are allocated (the process's peak is then state + step temporaries, not + compiler residue).
 
     Calls with a shape/dtype signature seen before reuse its executable; donation and shardings
-    are those of the jitted function. With ``interrupt`` set (a callable), each compilation runs
+    are those of the jitted function. At most ``max_executables`` executables are kept, the least
+    recently used dropped first (a dropped shape is compiled again when it comes back: from JAX's
+    persistent cache when that is on). Each one holds host memory (about 50 MB for a SmolLM2-135M
+    train step on CPU), and variable-length data meets a new shape on most of its first steps, so
+    keeping every one grew a 10-step LoRA run's peak by 0.4 GB. For the same reason JAX's own
+    caches are told to forget each lowering once its executable is here (``clear_cache``), so a
+    dropped executable is really freed.
+
+    With ``interrupt`` set (a callable), each compilation runs
     in a worker thread while this thread polls ``interrupt()`` (and so stays able to run signal
     handlers); when it turns true, ``CompileInterrupted`` is raised and the compilation is left
     to finish in the background.
     """
 
-    def __init__(self, jitted):
+    def __init__(self, jitted, max_executables: int = DEFAULT_MAX_EXECUTABLES):
+        if max_executables < 1:
+            raise ValueError(f"max_executables must be >= 1, got {max_executables}")
         self.jitted = jitted
-        self._executables: dict = {}
+        self.max_executables = max_executables
+        self._executables: collections.OrderedDict = collections.OrderedDict()
         self.interrupt = None
         self.compile_seconds = 0.0  # spent compiling new shapes, in total
+        self.compilations = 0  # executables built (a shape dropped and met again counts again)
 
     def _compile(self, state, batch):
         lowered = self.jitted.lower(state, *batch)
@@ -105,7 +123,15 @@ class CompileAhead:
         compiled = self._executables.get(key)
         if compiled is None:
             t0 = time.perf_counter()
+            while len(self._executables) >= self.max_executables:
+                self._executables.popitem(last=False)  # before compiling: its memory is free for it
             compiled = self._executables[key] = self._compile(state, batch)
+            forget = getattr(self.jitted, "clear_cache", None)
+            if forget is not None:
+                forget()  # jax.jit's caches would otherwise keep every lowering and executable alive
             release_free_heap()
             self.compile_seconds += time.perf_counter() - t0
+            self.compilations += 1
+        else:
+            self._executables.move_to_end(key)
         return compiled(state, *batch)

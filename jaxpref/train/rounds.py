@@ -36,7 +36,7 @@ from jaxpref.objectives import PAIR, hparams_of, objective_of
 from jaxpref.runtime import sharding
 from jaxpref.runtime.checkpointing import Checkpointer, CheckpointError
 from jaxpref.runtime.compiler_options import train_compiler_options
-from jaxpref.runtime.host_memory import CompileAhead
+from jaxpref.runtime.host_memory import DEFAULT_MAX_EXECUTABLES, CompileAhead
 from jaxpref.train.loop import LoopStats, run_steps
 from jaxpref.train.optim import extend_schedule, make_optimizer, peak_learning_rate
 from jaxpref.train.state import (
@@ -206,7 +206,9 @@ class Trainer:
             frozen = {**({"base": self.param_shardings} if lora else {}),
                       **({"reference": shardings.params} if reference_arg else {})}
             self._steps[key] = CompileAhead(sharding.jit_train_step(step, shardings, self.mesh, options,
-                                                                    frozen_shardings=frozen or None))
+                                                                    frozen_shardings=frozen or None),
+                                            max_executables=self.cfg.get("max_step_executables",
+                                                                         DEFAULT_MAX_EXECUTABLES))
         return self._steps[key]
 
     def frozen_args(self, plan: dict, ref_trainable) -> dict:
