@@ -342,6 +342,7 @@ def main(argv: list[str]) -> None:
     data = harness.run_worker(__file__, "prepare", common, work / "logs")
     out: dict[str, Any] = {"settings": {**settings, "batch_pairs": BATCH, "dtype": "float32", "loss": "sigmoid DPO",
                                         "beta": 0.1, "trl": "DPOTrainer(precompute_ref_log_probs=True)",
+                                        "jaxpref_remat": args.remat or "auto",
                                         "jaxpref": "configs/dpo.py defaults (precomputed reference, padding-free "
                                                    "shared-prompt packing, chunked LM head)",
                                         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 exported to HF float32)"
