@@ -226,7 +226,8 @@ def _run(cfg, workdir: str) -> dict:
                "judge": cfg.judge.kind if method.uses_judge else None, "sft": policy.info,
                **sharding.describe(ctx.mesh), **method.summarize(ctx, result),
                "train_tokens_per_second": result.tokens_per_second, "train_step_seconds": result.step_seconds,
-               "train_compile_seconds": result.compile_seconds, "train_tokens": result.trained_tokens,
+               "train_compile_seconds": result.compile_seconds,
+               "train_checkpoint_seconds": result.checkpoint_seconds, "train_tokens": result.trained_tokens,
                "skipped_steps": result.skipped_steps, "reference_cache": job.trainer.reference_cache}
     if method.uses_judge:
         summary["judge_calls"] = int(sum(r.get("judge_calls", 0) for r in result.history))

@@ -157,6 +157,31 @@ def test_skip_policy_does_not_depend_on_log_every(tmp_path, log_every):
         go(on_nonfinite="stop")
 
 
+def test_checkpoint_writes_are_timed_apart_from_training():
+    """Each write's time goes to ``checkpoint_seconds`` and none of it to ``train_seconds``."""
+    import time
+
+    from jaxpref.train.loop import run_steps
+
+    class SlowCheckpointer:
+        def __init__(self):
+            self.saved = []
+
+        def save(self, step, state, meta):
+            time.sleep(0.3)
+            self.saved.append(step)
+
+    def step_fn(state, groups, extras):
+        return state + 1, {"loss": np.float32(1.0), "tokens": np.int32(1), "skipped": np.int32(0)}
+
+    ckpt = SlowCheckpointer()
+    state, stats = run_steps(step_fn, 0, lambda s: ({}, {}), start=0, stop=6, logger=None, log_every=1,
+                             checkpointer=ckpt, checkpoint_every=2)
+    assert state == 6 and ckpt.saved == [2, 4, 6]
+    assert 0.9 <= stats.checkpoint_seconds < 2.0
+    assert stats.train_seconds < 0.3  # five instant steps timed; the writes are not in them
+
+
 def test_malformed_dataset_line_is_named(tmp_path, reference_run):
     cache, _ = reference_run
     data = tmp_path / "pairs.jsonl"

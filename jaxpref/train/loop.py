@@ -110,6 +110,7 @@ class LoopStats:
 
     train_seconds: float = 0.0
     compile_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0  # writing checkpoints (not in train_seconds either)
     tokens_seen: float = 0.0  # every step's tokens, the first interval's included
     train_tokens: float = 0.0
     train_steps: int = 0
@@ -285,7 +286,9 @@ def _loop(step_fn, state, batch_at, bar, stats, stop_signals, skips, *, start, s
                 checked = len(pending)
             t_save = time.perf_counter()
             save(done)
-            t_interval += time.perf_counter() - t_save  # checkpoint time is not training time
+            saving = time.perf_counter() - t_save
+            t_interval += saving  # checkpoint time is not training time
+            stats.checkpoint_seconds += saving
         if stop_signals.requested is not None:
             raise Preempted(done, stop_signals.requested, checkpointer is not None)
     return state

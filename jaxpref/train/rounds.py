@@ -562,6 +562,11 @@ class JobResult:
         return sum(s.compile_seconds for s in self.stats)
 
     @property
+    def checkpoint_seconds(self) -> float:
+        """Seconds spent writing checkpoints inside the step loops (not in ``step_seconds``)."""
+        return sum(s.checkpoint_seconds for s in self.stats)
+
+    @property
     def skipped_steps(self) -> int:
         return sum(s.skipped_steps for s in self.stats)
 
