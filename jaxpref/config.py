@@ -122,7 +122,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.compile_cache = True
     c.compile_cache_dir = ""
     # Compiled train steps kept in memory (one per batch shape, least recently used dropped; each
-    # costs host memory, about 50 MB for SmolLM2-135M on CPU): jaxpref.runtime.host_memory.
+    # costs host memory, about 20 MB for SmolLM2-135M on CPU): jaxpref.runtime.host_memory.
     c.max_step_executables = 8
     c.precompute_only = False
     # Pairs: run each prompt once, chosen and rejected completions packed behind it

@@ -69,11 +69,13 @@ class CompileAhead:
     Calls with a shape/dtype signature seen before reuse its executable; donation and shardings
     are those of the jitted function. At most ``max_executables`` executables are kept, the least
     recently used dropped first (a dropped shape is compiled again when it comes back: from JAX's
-    persistent cache when that is on). Each one holds host memory (about 50 MB for a SmolLM2-135M
-    train step on CPU), and variable-length data meets a new shape on most of its first steps, so
-    keeping every one grew a 10-step LoRA run's peak by 0.4 GB. For the same reason JAX's own
-    caches are told to forget each lowering once its executable is here (``clear_cache``), so a
-    dropped executable is really freed.
+    persistent cache when that is on). Each one holds host memory (about 20 MB for a SmolLM2-135M
+    train step on CPU; its serialized form is 0.3 MB), and variable-length data meets a new shape
+    on most of its first steps. JAX's own caches would also keep each shape's lowering and
+    executable for as long as the jitted function lives (about 50 MB a shape together), so they are
+    told to forget it once its executable is here (``clear_cache``), and a dropped executable is
+    really freed. Measured on a 10-step LoRA DPO job (SmolLM2-135M, a new shape every step): peak
+    1.81 GiB keeping everything, 1.63 GiB with 8 kept, 1.50 GiB with 1.
 
     With ``interrupt`` set (a callable), each compilation runs
     in a worker thread while this thread polls ``interrupt()`` (and so stays able to run signal
