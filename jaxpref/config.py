@@ -121,8 +121,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # shapes loads its compiled steps instead of compiling them; "" dir: ~/.cache/jaxpref/xla.
     c.compile_cache = True
     c.compile_cache_dir = ""
-    # Compiled train steps kept in memory (one per batch shape, least recently used dropped; each
-    # costs host memory, about 20 MB for SmolLM2-135M on CPU): jaxpref.runtime.host_memory.
+    # Compiled train steps kept in memory per step function (one per batch shape, least recently
+    # used dropped; each costs host memory, about 20 MB for SmolLM2-135M on CPU):
+    # jaxpref.runtime.host_memory.CompileAhead.
     c.max_step_executables = 8
     c.precompute_only = False
     # Pairs: run each prompt once, chosen and rejected completions packed behind it
@@ -461,8 +462,8 @@ HELP: dict[str, str] = {
     "compile_cache": "keep compiled steps on disk (JAX persistent compilation cache) for jobs of the same shapes; "
                      "JAXPREF_COMPILE_CACHE=0 in the environment turns it off",
     "compile_cache_dir": "compilation cache (default ~/.cache/jaxpref/xla or $JAXPREF_CACHE_DIR/xla)",
-    "max_step_executables": "compiled train steps kept in memory, one per batch shape (least recently used "
-                            "dropped, compiled again if met again)",
+    "max_step_executables": "compiled train steps kept in memory per step function, one per batch shape "
+                            "(least recently used dropped, compiled again if met again)",
     "padding_free": "share_prompt packing puts several pairs per row (not with grad_accum_steps > 1)",
     "share_prompt": "pairs: run each prompt once with both responses packed behind it (not with ld_alpha, "
                     "use_weighting or orpo, which score unpacked rows)",

@@ -237,4 +237,7 @@ def test_a_second_job_of_the_same_shapes_loads_its_compiled_steps(tmp_path, sft_
     assert any("step" in e for e in entries)
     second = job("b", JAX_DEBUG_LOG_MODULES="jax._src.compiler")  # JAX then logs each cache hit
     assert "Persistent compilation cache hit" in second and "step" in second.split("cache hit", 1)[1][:200]
-    assert set(os.listdir(cache)) == entries  # the second job compiled nothing new worth caching
+    # The second job compiled no train step again. (Other compiles near the cache's 1 s threshold
+    # may be stored by one job and not the other, depending on the machine's load.)
+    steps = {e for e in entries if e.startswith("jit_step")}
+    assert {e for e in os.listdir(cache) if e.startswith("jit_step")} == steps

@@ -143,7 +143,7 @@ def test_logits_match_transformers(hf_checkpoint, padding):
     assert _max_diff_on_real_tokens(logits, expected, mask) <= TOL
 
 
-def test_params_are_placed_one_by_one_as_they_are_converted(hf_checkpoint):
+def test_params_are_placed_one_by_one_as_they_are_converted(hf_checkpoint, monkeypatch):
     """``place`` gets each param as soon as it is built (no whole host copy of the params first),
     and the tree holds what it returned; load_pretrained's params are device arrays equal to it."""
     from jaxpref.models.hf_io import _SafetensorsFolder, load_config, params_from_hf
@@ -164,7 +164,17 @@ def test_params_are_placed_one_by_one_as_they_are_converted(hf_checkpoint):
     leaves = jax.tree.leaves(placed, is_leaf=lambda x: isinstance(x, tuple))
     assert all(leaf[0] == "placed" for leaf in leaves) and events.count("place") == len(leaves)
     assert events[-1] == "place" and events.index("place") < len(events) - len(leaves)  # interleaved
+    from jaxpref.models import hf_io
+
+    places = []
+
+    def spy(*args, **kwargs):  # load_pretrained hands its placement to params_from_hf
+        places.append(kwargs.get("place"))
+        return params_from_hf(*args, **kwargs)
+
+    monkeypatch.setattr(hf_io, "params_from_hf", spy)
     _, params = load_pretrained(folder)
+    assert places == [jax.device_put]
     for (_, host), device in zip(leaves, jax.tree.leaves(params), strict=True):
         assert isinstance(device, jax.Array) and np.array_equal(np.asarray(device), host)
 

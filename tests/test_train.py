@@ -263,7 +263,7 @@ def test_compile_ahead_keeps_at_most_max_executables_and_frees_dropped_ones():
     assert float(state) == 11.0
     assert traced == [2, 3, 4] and wrapped.compilations == 3
     assert [key[1][0][0] for key in wrapped._executables] == [(2,), (4,)]
-    dropped = weakref.ref(wrapped._executables[next(iter(wrapped._executables))])
+    dropped = weakref.ref(wrapped._executables[next(iter(wrapped._executables))]._executable)
     state, _ = wrapped(state, jnp.ones(3))  # drops shape 2, compiles 3 again
     gc.collect()
     assert dropped() is None, "a dropped executable is still referenced (by jax.jit's caches?)"

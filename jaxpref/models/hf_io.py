@@ -110,13 +110,14 @@ def param_shapes(model: CausalLM) -> Any:
 
 def params_from_hf(config: ModelConfig, get_tensor: TensorLookup, param_dtype: DType,
                    place: Callable[[np.ndarray], Any] | None = None) -> Any:
-    """Host (numpy) params of ``config``'s model, from HF-named tensors.
+    """Params of ``config``'s model from HF-named tensors: host (numpy) arrays, or what ``place``
+    makes of each.
 
     ``get_tensor(name)`` returns the HF tensor or raises ``KeyError``. Raises ``ValueError``
     naming the tensor when one is missing or has an unexpected shape. ``place`` (e.g.
     ``jax.device_put``) is applied to each param as soon as it is converted, so that at most one
-    host copy of a param exists at a time (loading then peaks at the params plus one leaf, not
-    at twice the params).
+    host copy of a param exists at a time (loading then peaks at the params plus about one leaf,
+    a stacked leaf holding one weight of every layer, not at twice the params).
     """
     dtype = np.dtype(param_dtype)
 

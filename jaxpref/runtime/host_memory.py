@@ -68,14 +68,18 @@ class CompileAhead:
 
     Calls with a shape/dtype signature seen before reuse its executable; donation and shardings
     are those of the jitted function. At most ``max_executables`` executables are kept, the least
-    recently used dropped first (a dropped shape is compiled again when it comes back: from JAX's
-    persistent cache when that is on). Each one holds host memory (about 20 MB for a SmolLM2-135M
-    train step on CPU; its serialized form is 0.3 MB), and variable-length data meets a new shape
-    on most of its first steps. JAX's own caches would also keep each shape's lowering and
-    executable for as long as the jitted function lives (about 50 MB a shape together), so they are
-    told to forget it once its executable is here (``clear_cache``), and a dropped executable is
-    really freed. Measured on a 10-step LoRA DPO job (SmolLM2-135M, a new shape every step): peak
-    1.81 GiB keeping everything, 1.63 GiB with 8 kept, 1.50 GiB with 1.
+    recently used dropped first; a dropped shape is compiled again when it comes back (from JAX's
+    persistent cache when that is on and the compile took long enough to be stored).
+
+    Each executable holds host memory (about 20 MB for a SmolLM2-135M train step on CPU; its
+    serialized form is 0.3 MB), and variable-length data meets a new shape on most of its first
+    steps. JAX's own caches would also keep each shape's lowering and executable for as long as
+    the jitted function lives (about 50 MB a shape together), so they are told to forget it once
+    its executable is here (``clear_cache``), and a dropped executable is really freed. In JAX 0.10
+    that also empties jit's parameter-inference cache for every function: others pay a little
+    Python on their next slow-path call, no retrace or recompile. Measured on a 10-step LoRA DPO
+    job (SmolLM2-135M, a new shape every step): peak 1.81 GiB keeping everything, 1.63 GiB with
+    8 kept, 1.50 GiB with 1.
 
     With ``interrupt`` set (a callable), each compilation runs
     in a worker thread while this thread polls ``interrupt()`` (and so stays able to run signal
