@@ -124,7 +124,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Compiled train steps kept in memory per step function (one per batch shape, least recently
     # used dropped; each costs host memory, about 20 MB for SmolLM2-135M on CPU):
     # jaxpref.runtime.host_memory.CompileAhead.
-    c.max_step_executables = 8
+    c.max_step_executables = 16
     c.precompute_only = False
     # Pairs: run each prompt once, chosen and rejected completions packed behind it
     # (jaxpref.data.batches.pack_shared_prompt); same log-probs, fewer tokens through the model.
