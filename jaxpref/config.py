@@ -21,6 +21,7 @@ import ml_collections
 
 from jaxpref.checks import FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, PROBABILITY, Check
 from jaxpref.objectives import HYPERPARAMETERS, LossError, get_objective, objective_of, split_loss
+from jaxpref.runtime.host_memory import DEFAULT_MAX_EXECUTABLES
 from jaxpref.train.optim import OPTIMIZERS
 
 
@@ -124,7 +125,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Compiled train steps kept in memory per step function (one per batch shape, least recently
     # used dropped; each costs host memory, about 20 MB for SmolLM2-135M on CPU):
     # jaxpref.runtime.host_memory.CompileAhead.
-    c.max_step_executables = 16
+    c.max_step_executables = DEFAULT_MAX_EXECUTABLES  # 16
     c.precompute_only = False
     # Pairs: run each prompt once, chosen and rejected completions packed behind it
     # (jaxpref.data.batches.pack_shared_prompt); same log-probs, fewer tokens through the model.

@@ -146,6 +146,7 @@ def test_logits_match_transformers(hf_checkpoint, padding):
 def test_params_are_placed_one_by_one_as_they_are_converted(hf_checkpoint, monkeypatch):
     """``place`` gets each param as soon as it is built (no whole host copy of the params first),
     and the tree holds what it returned; load_pretrained's params are device arrays equal to it."""
+    from jaxpref.models import hf_io
     from jaxpref.models.hf_io import _SafetensorsFolder, load_config, params_from_hf
 
     _, _, folder = hf_checkpoint
@@ -164,7 +165,6 @@ def test_params_are_placed_one_by_one_as_they_are_converted(hf_checkpoint, monke
     leaves = jax.tree.leaves(placed, is_leaf=lambda x: isinstance(x, tuple))
     assert all(leaf[0] == "placed" for leaf in leaves) and events.count("place") == len(leaves)
     assert events[-1] == "place" and events.index("place") < len(events) - len(leaves)  # interleaved
-    from jaxpref.models import hf_io
 
     places = []
 
