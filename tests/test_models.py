@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +28,10 @@ from jaxpref.models import (
     save_pretrained,
     unstack_layers,
 )
-from jaxpref.models.hf_io import parse_size
+from jaxpref.models.hf_io import _SafetensorsFolder, parse_size, read_safetensors_header
 from jaxpref.models.llama import AUTO_UNROLL_MAX_LAYERS, rope_inverse_frequencies, scan_unroll_length
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -235,6 +240,64 @@ def test_sharded_checkpoints_round_trip(tmp_path):
     reloaded_torch = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours")
     torch_logits = _torch_logits(reloaded_torch.eval(), ids, mask)
     assert _max_diff_on_real_tokens(torch_logits, expected, mask) <= TOL
+
+
+def test_safetensors_reader_equals_the_safetensors_library(tmp_path):
+    """The plain-read loader gives the arrays ``safetensors`` gives (float32, float16, bfloat16, a
+    0-d and an empty tensor), and names the file and tensor of a truncated file or odd dtype."""
+    from ml_dtypes import bfloat16
+    from safetensors.numpy import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    tensors = {"a": rng.normal(size=(3, 5)).astype(np.float32), "b": rng.normal(size=(7,)).astype(np.float16),
+               "c": rng.normal(size=(2, 2, 3)).astype(bfloat16), "d": np.array(2.5, np.float32),
+               "e": np.zeros((0, 4), np.float32)}
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    folder = _SafetensorsFolder(tmp_path)
+    expected = load_file(str(tmp_path / "model.safetensors"))
+    assert sorted(folder.names()) == sorted(expected)
+    for name, value in expected.items():
+        got = folder.get(name)
+        assert got.dtype == value.dtype and got.shape == value.shape and folder.dtype(name) == value.dtype
+        assert got.tobytes() == value.tobytes(), name
+
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "model.safetensors").write_bytes(data[:-8])
+    with pytest.raises(ValueError, match=r"cut/model.safetensors: tensor .* byte range"):
+        _SafetensorsFolder(tmp_path / "cut")
+    save_file({"i": np.arange(4, dtype=np.int32)}, str(tmp_path / "ints.safetensors"))
+    with pytest.raises(ValueError, match=r"ints.safetensors: tensor 'i' has dtype 'I32'"):
+        read_safetensors_header(tmp_path / "ints.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="junk.safetensors is not a safetensors file"):
+        read_safetensors_header(tmp_path / "junk.safetensors")
+
+
+def test_loading_a_checkpoint_does_not_keep_the_file_in_memory(tmp_path):
+    """Tensors are read, not memory-mapped: reading every tensor of a 96 MB file (and keeping
+    them) raises the process's peak resident memory by about the tensors, not by tensors + file
+    (a mapped file's read pages count as resident until it is closed)."""
+    from safetensors.numpy import save_file
+
+    save_file({f"w{i}": np.full((4 * 2**20,), i, np.float32) for i in range(6)},
+              str(tmp_path / "model.safetensors"))
+    script = (
+        "import sys; from pathlib import Path; import numpy as np\n"
+        "from jaxpref.models.hf_io import _SafetensorsFolder\n"
+        "def hwm():\n"
+        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024\n"
+        f"folder = _SafetensorsFolder(Path({str(tmp_path)!r}))\n"
+        "before = hwm()\n"
+        "kept = [folder.get(n) for n in folder.names()]\n"
+        "assert all(float(k[0]) == float(n[1:]) for k, n in zip(kept, folder.names()))\n"
+        "print(hwm() - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    growth_mb = float(out.stdout.strip().splitlines()[-1])
+    assert 90 <= growth_mb < 96 + 40, growth_mb  # the 96 MB kept; a memory map would add 96 more
 
 
 def test_bf16_checkpoint_stays_bf16(tmp_path):

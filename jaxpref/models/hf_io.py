@@ -2,8 +2,9 @@
 
 A checkpoint folder holds ``config.json`` and either ``model.safetensors`` or shards
 ``model-0000i-of-0000n.safetensors`` listed in ``model.safetensors.index.json``. Tensors keep
-the PyTorch names and layouts (``nn.Linear`` weights are ``[out, in]``); they are read with
-``safetensors``' numpy backend (bf16 via ``ml_dtypes``), never with pickle or torch.
+the PyTorch names and layouts (``nn.Linear`` weights are ``[out, in]``); they are read one at a
+time with plain file reads (``read_safetensors_header``; bf16 via ``ml_dtypes``), never with pickle
+or torch, and written with ``safetensors``' numpy backend.
 
 The conversion (``params_from_hf`` / ``params_to_hf``) only sees a ``name -> array`` lookup,
 so another container format (e.g. GGUF) needs only a reader that produces HF names.
@@ -24,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_dtypes import bfloat16
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxpref.models.config import ModelConfig
@@ -165,7 +165,15 @@ def _checkpoint_order(name: str) -> tuple[int, int, str]:
 
 
 class _SafetensorsFolder:
-    """Lazy ``name -> numpy array`` lookup over the safetensors file(s) of a folder."""
+    """``name -> numpy array`` lookup over the safetensors file(s) of a folder, each tensor read
+    from its file when asked for (``read_safetensors_header`` + plain reads, no memory map).
+
+    ``safetensors.safe_open`` maps the whole file, and every page of a mapped file that has been
+    read counts in the process's resident memory until the file is closed: loading SmolLM2-135M
+    (float32) through it peaked at the params plus the whole 0.54 GB file. Plain reads go through
+    the page cache, which is not the process's memory, so loading peaks at the params plus one
+    tensor.
+    """
 
     def __init__(self, folder: Path):
         index_path, single_path = folder / INDEX_FILE, folder / SINGLE_FILE
@@ -176,25 +184,82 @@ class _SafetensorsFolder:
             files = [SINGLE_FILE]
         else:
             raise FileNotFoundError(f"{folder} has neither {SINGLE_FILE} nor {INDEX_FILE}")
-        self._file_of: dict[str, Any] = {}  # tensor name -> open safetensors handle
+        self._where: dict[str, tuple[Path, _TensorEntry]] = {}
         for file in files:
             if not (folder / file).exists():
                 raise FileNotFoundError(f"checkpoint shard {folder / file} is missing")
-            handle = safe_open(str(folder / file), framework="numpy")
-            for name in handle.keys():
-                self._file_of[name] = handle
+            for name, entry in read_safetensors_header(folder / file).items():
+                self._where[name] = (folder / file, entry)
 
     def names(self) -> list[str]:
-        return list(self._file_of)
+        return list(self._where)
 
     def get(self, name: str) -> np.ndarray:
-        return self._file_of[name].get_tensor(name)
+        file, entry = self._where[name]
+        out = np.empty(entry.shape, entry.dtype)
+        view = out.reshape(-1).view(np.uint8)
+        with open(file, "rb", buffering=0) as f:
+            f.seek(entry.offset)
+            done = 0
+            while done < view.size:  # one read() returns at most ~2 GiB on Linux
+                n = f.readinto(view[done:])
+                if not n:
+                    raise ValueError(f"{file} is truncated: tensor {name!r} ends at byte "
+                                     f"{entry.offset + view.size}, the file at {entry.offset + done}")
+                done += n
+        return out
 
     def dtype(self, name: str) -> np.dtype:
         """The stored dtype of a tensor, without reading it."""
-        if name not in self._file_of:
+        if name not in self._where:
             raise ValueError(f"checkpoint has no tensor {name!r}")
-        return np.dtype(_SAFETENSORS_DTYPES[self._file_of[name].get_slice(name).get_dtype()])
+        return self._where[name][1].dtype
+
+
+class _TensorEntry(NamedTuple):
+    """Where a tensor lies in a safetensors file: absolute byte ``offset``, ``dtype``, ``shape``."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int
+
+
+def read_safetensors_header(path: str | Path) -> dict[str, _TensorEntry]:
+    """The tensors of a safetensors file (name -> dtype, shape, absolute byte offset), from its
+    header only: 8 bytes little-endian header size, then a JSON object of ``{name: {"dtype",
+    "shape", "data_offsets": [begin, end]}}`` (offsets relative to the end of the header).
+
+    Raises ``ValueError`` naming the file (and the tensor) when the header is malformed, a dtype
+    is not one of ``_SAFETENSORS_DTYPES`` or a tensor's byte range does not fit its shape or
+    the file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        header_size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < header_size <= size - 8:
+            raise ValueError(f"{path} is not a safetensors file (header size {header_size}, file size {size})")
+        try:
+            header = json.loads(f.read(header_size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: unreadable safetensors header ({e})") from None
+    data_start = 8 + header_size
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info.get("dtype") not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {info.get('dtype')!r}; "
+                             f"supported: {', '.join(_SAFETENSORS_DTYPES)}")
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+        shape = tuple(int(d) for d in info["shape"])
+        begin, end = (int(o) for o in info["data_offsets"])
+        if end - begin != math.prod(shape) * dtype.itemsize or begin < 0 or data_start + end > size:
+            raise ValueError(f"{path}: tensor {name!r} ({info['dtype']} {list(shape)}) has byte range "
+                             f"[{begin}, {end}), which does not fit its shape or the file")
+        entries[name] = _TensorEntry(dtype, shape, data_start + begin)
+    return entries
 
 
 def load_config(path: str | Path) -> ModelConfig:
