@@ -11,6 +11,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import ROOT, load_config, toy, toy_cli_flags
@@ -109,6 +110,25 @@ def test_a_state_with_a_non_finite_value_is_never_saved(tmp_path):
     assert ckpt.save(2, {"w": np.array([1.0, np.inf, 0.0], np.float32)}, {"step": 2}) is False
     assert ckpt.all_steps() == [1] and ckpt.read_meta() == {"step": 1}  # the metadata as saved
     ckpt.close()
+
+
+@pytest.mark.parametrize("size", [3, 4096, 300_001])
+@pytest.mark.parametrize("dtype", [np.float32, "bfloat16"])
+def test_the_finiteness_check_sees_nan_and_infinity_in_arrays_of_any_size(size, dtype):
+    """``all_finite`` (what a checkpoint save checks) flags one NaN or infinity anywhere: the
+    earlier ``max |x| < inf`` missed NaN in arrays of 4096 or more elements on XLA:CPU."""
+    from jaxpref.runtime.checkpointing import all_finite, non_finite_leaves
+
+    clean = np.linspace(-3e4, 3e4, size).astype(np.float32)
+    assert bool(all_finite(jnp.asarray(clean, dtype)))
+    for value in (np.nan, np.inf, -np.inf):
+        for at in (0, size // 2, size - 1):
+            x = clean.copy()
+            x[at] = value
+            assert not bool(all_finite(jnp.asarray(x, dtype))), (value, at)
+    x = clean.copy()
+    x[size // 3] = np.nan
+    assert non_finite_leaves({"ok": jnp.asarray(clean), "bad": {"w": jnp.asarray(x, dtype)}}) == ["['bad']['w']"]
 
 
 def saved_steps(workdir) -> list[int]:
