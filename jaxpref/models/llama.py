@@ -206,11 +206,23 @@ def _attend(q_btkgd: Array, keys: Array, values: Array, attend_bts: Array, *, ke
             dtype: DType) -> Array:
     """Grouped-query softmax attention: ``q`` ``[B, T, K, G, D]``, keys/values ``[B, S, K, D]``
     (``key_spec`` "bskd") or ``[B, K, S, D]`` ("bksd"), ``attend`` ``[B, T, S]`` bool ->
-    ``[B, T, K, G, D]``; scores and softmax in float32."""
+    ``[B, T, K, G, D]``; scores and softmax in float32.
+
+    The softmax is normalised after the values are summed, ``(exp(s - max) @ v) / sum(exp(s - max))``:
+    the ``[.., T, D]`` output is divided instead of the ``[.., T, S]`` weights, so normalised
+    weights are never written and the backward pass has no ``sum(dp * p)`` over them (the same
+    function up to float32 rounding). Measured on a 2-core CPU with SmolLM2-135M's layers (2 layers,
+    forward + remat + backward, 8 rows of 1536 tokens, runs alternating): 10.1 s against 10.8 s
+    normalising the weights (the attention alone: 1.26 s against 1.44 s); equal at 384 tokens and
+    within noise at 768.
+    """
     scores = jnp.einsum(f"btkgd,{key_spec}->bkgts", q_btkgd, keys, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(attend_bts[:, None, None], scores, _MASKED_SCORE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    return jnp.einsum(f"bkgts,{key_spec}->btkgd", probs, values)
+    top_bkgt1 = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    weights = jnp.exp(scores - top_bkgt1)
+    total_btkg = jnp.sum(weights, axis=-1).transpose(0, 3, 1, 2)
+    out = jnp.einsum(f"bkgts,{key_spec}->btkgd", weights.astype(dtype), values, preferred_element_type=jnp.float32)
+    return (out / total_btkg[..., None]).astype(dtype)
 
 
 class MLP(nn.Module):
