@@ -266,12 +266,22 @@ def test_safetensors_reader_equals_the_safetensors_library(tmp_path):
     (tmp_path / "cut" / "model.safetensors").write_bytes(data[:-8])
     with pytest.raises(ValueError, match=r"cut/model.safetensors: tensor .* byte range"):
         _SafetensorsFolder(tmp_path / "cut")
-    save_file({"i": np.arange(4, dtype=np.int32)}, str(tmp_path / "ints.safetensors"))
-    with pytest.raises(ValueError, match=r"ints.safetensors: tensor 'i' has dtype 'I32'"):
-        read_safetensors_header(tmp_path / "ints.safetensors")
+    # A tensor of a dtype jaxpref does not read (an integer buffer) is listed; reading it raises.
+    (tmp_path / "ints").mkdir()
+    save_file({"i": np.arange(4, dtype=np.int64), "w": np.ones(3, np.float32)},
+              str(tmp_path / "ints" / "model.safetensors"))
+    ints = _SafetensorsFolder(tmp_path / "ints")
+    assert sorted(ints.names()) == ["i", "w"] and ints.get("w").tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match=r"model.safetensors: tensor 'i' has dtype 'I64'"):
+        ints.get("i")
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="junk.safetensors is not a safetensors file"):
         read_safetensors_header(tmp_path / "junk.safetensors")
+    for bad in (b"[1, 2]", b'{"x": {"dtype": "F32", "shape": [2]}}', b'{"x": {"dtype": "F32", "shape": [-2], '
+                                                                      b'"data_offsets": [0, 0]}}'):
+        (tmp_path / "bad.safetensors").write_bytes(len(bad).to_bytes(8, "little") + bad)
+        with pytest.raises(ValueError, match="bad.safetensors"):
+            read_safetensors_header(tmp_path / "bad.safetensors")
 
 
 def test_loading_a_checkpoint_does_not_keep_the_file_in_memory(tmp_path):
@@ -320,6 +330,28 @@ def test_bf16_compute_is_close_to_float32():
     assert logits16.dtype == jnp.float32
     error = np.asarray(logits16)[mask == 1] - logits32
     assert np.linalg.norm(error) <= 0.02 * np.linalg.norm(logits32)
+
+
+def test_bf16_cached_decode_is_close_to_float32():
+    """Decoding with a bfloat16 model and cache (``jaxpref generate --dtype bfloat16``, sampling
+    under ``model.dtype=bfloat16``) runs on CPU and stays close to the float32 decode."""
+    model32, params = init_model(ModelConfig(**_tiny_fields(), **JAX_MODELS["llama_tied_llama3"]))
+    params = jax.tree.map(lambda x: x * 2.0, params)
+    ids, _ = _batch("right")
+    mask = np.ones_like(ids)
+    outs = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = model32.clone(dtype=dtype)
+        cache = init_cache(model.config, batch_size=ids.shape[0], max_length=SEQ_LEN, dtype=dtype)
+        logits, cache = forward_cached(model, params, ids[:, :4], mask[:, :4], cache, 0)
+        pieces = [logits]
+        for t in range(4, SEQ_LEN):
+            logits, cache = forward_cached(model, params, ids[:, t : t + 1], mask[:, t : t + 1], cache, t)
+            pieces.append(logits)
+        outs[dtype] = np.concatenate([np.asarray(p, np.float32) for p in pieces], axis=1)
+    error = outs[jnp.bfloat16] - outs[jnp.float32]
+    assert np.isfinite(outs[jnp.bfloat16]).all()
+    assert np.linalg.norm(error) <= 0.02 * np.linalg.norm(outs[jnp.float32])
 
 
 @pytest.mark.parametrize("layout", ["scanned", "unrolled", "decode"])

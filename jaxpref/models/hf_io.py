@@ -169,10 +169,12 @@ class _SafetensorsFolder:
     from its file when asked for (``read_safetensors_header`` + plain reads, no memory map).
 
     ``safetensors.safe_open`` maps the whole file, and every page of a mapped file that has been
-    read counts in the process's resident memory until the file is closed: loading SmolLM2-135M
-    (float32) through it peaked at the params plus the whole 0.54 GB file. Plain reads go through
-    the page cache, which is not the process's memory, so loading peaks at the params plus one
-    tensor.
+    read counts in the process's resident set (RSS, the peak memory that jobs and benchmarks
+    report) until the file is closed, although the kernel could reclaim those pages: loading
+    SmolLM2-135M (float32) through it peaked at the params plus the whole 0.54 GB file. Plain
+    reads go through the page cache, which is not counted as the process's, so loading peaks at
+    the params plus about two tensors (the one read and its converted copy). Tensors of dtypes
+    jaxpref does not read (e.g. integer buffers) may be present; reading one raises.
     """
 
     def __init__(self, folder: Path):
@@ -196,7 +198,7 @@ class _SafetensorsFolder:
 
     def get(self, name: str) -> np.ndarray:
         file, entry = self._where[name]
-        out = np.empty(entry.shape, entry.dtype)
+        out = np.empty(entry.shape, _numpy_dtype(file, name, entry))
         view = out.reshape(-1).view(np.uint8)
         with open(file, "rb", buffering=0) as f:
             f.seek(entry.offset)
@@ -213,15 +215,30 @@ class _SafetensorsFolder:
         """The stored dtype of a tensor, without reading it."""
         if name not in self._where:
             raise ValueError(f"checkpoint has no tensor {name!r}")
-        return self._where[name][1].dtype
+        file, entry = self._where[name]
+        return _numpy_dtype(file, name, entry)
 
 
 class _TensorEntry(NamedTuple):
-    """Where a tensor lies in a safetensors file: absolute byte ``offset``, ``dtype``, ``shape``."""
+    """Where a tensor lies in a safetensors file: its ``dtype`` as the file names it ("F32",
+    "BF16", "I64", ...), ``shape`` and absolute byte ``offset``."""
 
-    dtype: np.dtype
+    dtype: str
     shape: tuple[int, ...]
     offset: int
+
+
+# Bytes per element of the safetensors dtypes (the format's list); jaxpref reads the float ones
+# (``_SAFETENSORS_DTYPES``, little-endian as the format is, on a little-endian host).
+_SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2,
+                         "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _numpy_dtype(file: Path, name: str, entry: _TensorEntry) -> np.dtype:
+    if entry.dtype not in _SAFETENSORS_DTYPES:
+        raise ValueError(f"{file}: tensor {name!r} has dtype {entry.dtype!r}; jaxpref reads "
+                         f"{', '.join(_SAFETENSORS_DTYPES)}")
+    return np.dtype(_SAFETENSORS_DTYPES[entry.dtype])
 
 
 def read_safetensors_header(path: str | Path) -> dict[str, _TensorEntry]:
@@ -229,9 +246,9 @@ def read_safetensors_header(path: str | Path) -> dict[str, _TensorEntry]:
     header only: 8 bytes little-endian header size, then a JSON object of ``{name: {"dtype",
     "shape", "data_offsets": [begin, end]}}`` (offsets relative to the end of the header).
 
-    Raises ``ValueError`` naming the file (and the tensor) when the header is malformed, a dtype
-    is not one of ``_SAFETENSORS_DTYPES`` or a tensor's byte range does not fit its shape or
-    the file.
+    Raises ``ValueError`` naming the file (and the tensor) when the header is malformed or a
+    tensor's byte range does not fit its shape or the file. Any dtype is listed (reading one that
+    is not in ``_SAFETENSORS_DTYPES`` raises then).
     """
     path = Path(path)
     size = path.stat().st_size
@@ -244,19 +261,23 @@ def read_safetensors_header(path: str | Path) -> dict[str, _TensorEntry]:
             header = json.loads(f.read(header_size))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: unreadable safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: the safetensors header is not a JSON object")
     data_start = 8 + header_size
     entries = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info.get("dtype") not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has dtype {info.get('dtype')!r}; "
-                             f"supported: {', '.join(_SAFETENSORS_DTYPES)}")
-        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-        shape = tuple(int(d) for d in info["shape"])
-        begin, end = (int(o) for o in info["data_offsets"])
-        if end - begin != math.prod(shape) * dtype.itemsize or begin < 0 or data_start + end > size:
-            raise ValueError(f"{path}: tensor {name!r} ({info['dtype']} {list(shape)}) has byte range "
+        try:
+            dtype, shape = str(info["dtype"]), tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"{path}: tensor {name!r} has a malformed entry {info!r} (expected dtype, "
+                             f"shape and two data_offsets)") from None
+        itemsize = _SAFETENSORS_ITEMSIZE.get(dtype)
+        fits = 0 <= begin <= end and data_start + end <= size and all(d >= 0 for d in shape)
+        if not fits or (itemsize is not None and end - begin != math.prod(shape) * itemsize):
+            raise ValueError(f"{path}: tensor {name!r} ({dtype} {list(shape)}) has byte range "
                              f"[{begin}, {end}), which does not fit its shape or the file")
         entries[name] = _TensorEntry(dtype, shape, data_start + begin)
     return entries

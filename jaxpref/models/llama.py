@@ -221,8 +221,9 @@ def _attend(q_btkgd: Array, keys: Array, values: Array, attend_bts: Array, *, ke
     top_bkgt1 = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
     weights = jnp.exp(scores - top_bkgt1)
     total_btkg = jnp.sum(weights, axis=-1).transpose(0, 3, 1, 2)
-    out = jnp.einsum(f"bkgts,{key_spec}->btkgd", weights.astype(dtype), values, preferred_element_type=jnp.float32)
-    return (out / total_btkg[..., None]).astype(dtype)
+    # In ``dtype`` (XLA:CPU has no bf16 x bf16 -> f32 dot for the cache's "bksd" layout), divided in float32.
+    out = jnp.einsum(f"bkgts,{key_spec}->btkgd", weights.astype(dtype), values)
+    return (out.astype(jnp.float32) / total_btkg[..., None]).astype(dtype)
 
 
 class MLP(nn.Module):
