@@ -293,7 +293,7 @@ def test_loading_a_checkpoint_does_not_keep_the_file_in_memory(tmp_path):
     save_file({f"w{i}": np.full((4 * 2**20,), i, np.float32) for i in range(6)},
               str(tmp_path / "model.safetensors"))
     script = (
-        "import sys; from pathlib import Path; import numpy as np\n"
+        "from pathlib import Path\n"
         "from jaxpref.models.hf_io import _SafetensorsFolder\n"
         "def hwm():\n"
         "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024\n"

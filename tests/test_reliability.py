@@ -116,7 +116,7 @@ def test_a_state_with_a_non_finite_value_is_never_saved(tmp_path):
 @pytest.mark.parametrize("dtype", [np.float32, "bfloat16"])
 def test_the_finiteness_check_sees_nan_and_infinity_in_arrays_of_any_size(size, dtype):
     """``all_finite`` (what a checkpoint save checks) flags one NaN or infinity anywhere: the
-    earlier ``max |x| < inf`` missed NaN in arrays of 4096 or more elements on XLA:CPU."""
+    earlier ``max |x| < inf`` missed NaN in float32 arrays of 4096 or more elements on XLA:CPU."""
     from jaxpref.runtime.checkpointing import all_finite, non_finite_leaves
 
     clean = np.linspace(-3e4, 3e4, size).astype(np.float32)

@@ -74,7 +74,9 @@ def all_finite(x: jax.Array) -> jax.Array:
     ``x * 0`` is 0 for a finite element and NaN for an infinity or a NaN, and the sum carries the
     NaN; XLA fuses the product into the sum (no temporary). Not ``max |x| < inf``: on XLA:CPU the
     vectorised max of a float32 array of 4096 or more elements drops NaN operands, so a NaN param
-    read as finite and could be checkpointed. Not ``all(isfinite(x))``, which writes a boolean copy of ``x`` first."""
+    read as finite and could be checkpointed. Not ``all(isfinite(x))``, which writes a boolean copy
+    of ``x`` first.
+    """
     return jnp.isfinite(jnp.sum(x * jnp.zeros((), x.dtype)))
 
 
