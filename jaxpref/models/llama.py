@@ -10,7 +10,8 @@ For decoding, ``CausalLM(scan_layers=False)`` runs the layers as ``L`` separate 
 (``layers_0`` ... params, from ``unstack_layers``): inside a decode loop each layer then reads
 its own weight and cache buffers, where a scan would copy layer ``l``'s slice out of the
 stacked arrays at every token. ``decode_model_and_params`` also fuses q/k/v and gate/up
-(``fused_projections``); ``sampling.generate`` uses it.
+(``fused_projections``); ``sampling.generate`` uses it, and ``prepare_decode`` builds the same
+layout outside ``jit`` (``sampling.sample_responses`` does, once per call).
 
 Shape letters: B batch, T new tokens, S cache slots (keys), L layers, E hidden size,
 H query heads, K key/value heads, G = H // K, D head dim, F MLP size, V vocabulary.
@@ -499,6 +500,21 @@ def unstack_layers(params: Mapping[str, Any], num_layers: int) -> dict[str, Any]
     return out
 
 
+def _fuse_layer(layer: Mapping[str, Any]) -> dict[str, Any]:
+    """One layer's (or the stacked layers') params with ``attn/{q,k,v}`` -> ``attn/qkv`` and
+    ``mlp/{gate,up}`` -> ``mlp/gate_up`` (see ``fuse_projections``)."""
+    attn, mlp = layer["attn"], layer["mlp"]
+    qkv = {"kernel": jnp.concatenate([attn[n]["kernel"] for n in "qkv"], axis=-2)}
+    if "bias" in attn["q"]:
+        qkv["bias"] = jnp.concatenate([attn[n]["bias"] for n in "qkv"], axis=-2)
+    gate_up = {"kernel": jnp.concatenate([mlp["gate"]["kernel"], mlp["up"]["kernel"]], axis=-1)}
+    return {
+        **layer,
+        "attn": {"qkv": qkv, "o": attn["o"]},
+        "mlp": {"gate_up": gate_up, "down": mlp["down"]},
+    }
+
+
 def fuse_projections(params: Mapping[str, Any]) -> dict[str, Any]:
     """Params for ``fused_projections=True`` from unfused ones (stacked or per-layer).
 
@@ -506,21 +522,8 @@ def fuse_projections(params: Mapping[str, Any]) -> dict[str, Any]:
     axis, biases too) and ``mlp/{gate,up}`` become ``mlp/gate_up`` (concatenated on the
     output axis). Both axes are counted from the end, so stacked ``[L, ...]`` leaves work too.
     """
-
-    def fuse_layer(layer: Mapping[str, Any]) -> dict[str, Any]:
-        attn, mlp = layer["attn"], layer["mlp"]
-        qkv = {"kernel": jnp.concatenate([attn[n]["kernel"] for n in "qkv"], axis=-2)}
-        if "bias" in attn["q"]:
-            qkv["bias"] = jnp.concatenate([attn[n]["bias"] for n in "qkv"], axis=-2)
-        gate_up = {"kernel": jnp.concatenate([mlp["gate"]["kernel"], mlp["up"]["kernel"]], axis=-1)}
-        return {
-            **layer,
-            "attn": {"qkv": qkv, "o": attn["o"]},
-            "mlp": {"gate_up": gate_up, "down": mlp["down"]},
-        }
-
     return {
-        name: fuse_layer(value) if name == "layers" or name.startswith("layers_") else value
+        name: _fuse_layer(value) if name == "layers" or name.startswith("layers_") else value
         for name, value in params.items()
     }
 
@@ -536,6 +539,31 @@ def decode_model_and_params(model: CausalLM, params: Mapping[str, Any]) -> tuple
         raise ValueError("decode_model_and_params expects a scanned, unfused model")
     params = fuse_projections(unstack_layers(params, model.config.num_layers))
     return model.clone(scan_layers=False, fused_projections=True), params
+
+
+@jax.jit
+def _decode_layer(layers: Mapping[str, Any], index: Array) -> dict[str, Any]:
+    """Layer ``index`` (a traced int32 scalar) of stacked, unfused layer params, fused (copies)."""
+    return _fuse_layer(jax.tree.map(lambda x: x[index], layers))
+
+
+def prepare_decode(model: CausalLM, params: Mapping[str, Any]) -> tuple[CausalLM, dict[str, Any]]:
+    """``decode_model_and_params`` for concrete params, outside ``jit``: the same ``(model',
+    params')``, built one layer at a time by one small compiled function (slice and fuse).
+
+    Pass the result to the decode loop's ``jit`` (``sampling.generate`` then uses it as is).
+    Unstacking inside that ``jit`` makes XLA compile every layer's slices and concatenations
+    into the loop's program: on SmolLM2-135M (64 rows, 48 new tokens, 2-core CPU) the sampler
+    compiled in 3.4 s on prepared params against 9.2 s, and decoded at the same speed. The
+    copies also live only as long as the returned params: one per ``sample_responses`` call,
+    not one per batch.
+    """
+    if not model.scan_layers or model.fused_projections:
+        raise ValueError("prepare_decode expects a scanned, unfused model")
+    out = {name: value for name, value in params.items() if name != "layers"}
+    for i in range(model.config.num_layers):
+        out[f"layers_{i}"] = _decode_layer(params["layers"], jnp.int32(i))
+    return model.clone(scan_layers=False, fused_projections=True), out
 
 
 def init_params(model: CausalLM, rng: Array) -> Any:
