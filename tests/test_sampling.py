@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxpref.infer.sampling import completions_to_lists, generate, left_pad, process_logits, sample_responses
-from jaxpref.models import decode_model_and_params, forward, init_model, prepare_decode
+from jaxpref.models import decode_model_and_params, forward, fuse_projections, init_model, unstack_layers
 
 CFG = dict(vocab_size=19, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
            tie_word_embeddings=False, model_type="llama", max_position_embeddings=64, rope_theta=10000.0,
@@ -116,38 +116,49 @@ def test_left_pad_layout():
         left_pad([[1, 2, 3]], pad_id=0, length=2)
 
 
+def _reference_decode_layout(model, params):
+    """The decode layout as one jitted composition of ``unstack_layers`` and ``fuse_projections``."""
+    layers = model.config.num_layers
+    return (model.clone(scan_layers=False, fused_projections=True),
+            jax.jit(lambda p: fuse_projections(unstack_layers(p, layers)))(params))
+
+
 @pytest.mark.parametrize("bias", [False, True])
-def test_prepare_decode_builds_the_decode_layout_bit_for_bit(bias):
-    """``prepare_decode`` (outside jit, a layer at a time) gives the model and the params that
-    ``decode_model_and_params`` gives under ``jit`` (Qwen2-style q/k/v biases included)."""
+def test_decode_layout_is_built_bit_for_bit(bias):
+    """``decode_model_and_params`` (a layer at a time, outside jit or traced under one) gives the
+    model and the params of ``fuse_projections(unstack_layers(...))`` under ``jit`` (Qwen2-style
+    q/k/v biases included)."""
     model, params = init_model({**CFG, "model_type": "qwen2" if bias else "llama", "attention_bias": bias}, seed=5)
-    want_model = decode_model_and_params(model, params)[0]
-    want = jax.jit(lambda p: decode_model_and_params(model, p)[1])(params)
-    got_model, got = prepare_decode(model, params)
+    want_model, want = _reference_decode_layout(model, params)
+    got_model, got = decode_model_and_params(model, params)
+    traced = jax.jit(lambda p: decode_model_and_params(model, p)[1])(params)
     assert got_model == want_model
-    assert jax.tree.structure(got) == jax.tree.structure(want)
+    assert jax.tree.structure(got) == jax.tree.structure(want) == jax.tree.structure(traced)
     assert ("bias" in got["layers_1"]["attn"]["qkv"]) == bias
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        assert a.dtype == b.dtype
+    for a, b, c in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(traced)):
+        assert a.dtype == b.dtype == c.dtype
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(c, b)
     with pytest.raises(ValueError, match="scanned, unfused"):
-        prepare_decode(got_model, got)
+        decode_model_and_params(got_model, got)
 
 
-def test_sample_responses_equals_generate_on_the_stacked_params(tiny):
-    """``sample_responses`` prepares the decode layout once, outside the sampler's jit; its
-    samples and log-probs are those of ``generate`` given the stacked params (which unstacks
-    inside its jit), batch by batch."""
+def test_sample_responses_equals_generate_batch_by_batch(tiny):
+    """``sample_responses`` builds the decode layout once for all its batches; its samples and
+    log-probs are those of ``generate`` on each batch, given the layout built independently
+    (``_reference_decode_layout``)."""
     model, params = tiny
     prompts = PROMPTS * 3  # 9 prompts in batches of 4: the last one padded
     rng = jax.random.PRNGKey(7)
     responses, logps = sample_responses(model, params, prompts, rng, eos_id=EOS, pad_id=PAD, max_new_tokens=5,
                                         batch_size=4, temperature=1.0, desc="test")
+    decode_model, decode_params = _reference_decode_layout(model, params)
     ids, mask = left_pad(prompts + prompts[:3], pad_id=PAD)
     want_lists, want_logps = [], []
     for start in (0, 4, 8):
-        out = generate(model, params, jnp.asarray(ids[start:start + 4]), jnp.asarray(mask[start:start + 4]),
-                       jax.random.fold_in(rng, start), max_new_tokens=5, eos_id=EOS, pad_id=PAD, temperature=1.0)
+        out = generate(decode_model, decode_params, jnp.asarray(ids[start:start + 4]),
+                       jnp.asarray(mask[start:start + 4]), jax.random.fold_in(rng, start), max_new_tokens=5,
+                       eos_id=EOS, pad_id=PAD, temperature=1.0)
         want_lists += completions_to_lists(out)
         want_logps.append(np.asarray(jnp.sum(out.model_logps, axis=-1)))
     assert responses == want_lists[: len(prompts)]

@@ -9,9 +9,9 @@ row's sample does not depend on the batch it is in.
 The loop runs the layers unrolled on per-layer copies of the weights, with q/k/v and gate/up
 each fused into one matmul (``models.decode_model_and_params``): one extra copy of the layer
 weights for the call, instead of XLA copying every layer's slice out of the stacked params at
-every token (measured: 2.3x faster decoding at the ~100M benchmark size on CPU). ``generate``
-makes that copy inside its ``jit`` when given stacked params; ``sample_responses`` makes it once
-beforehand (``models.prepare_decode``), which keeps it out of the sampler's compile.
+every token (measured: 2.3x faster decoding at the ~100M benchmark size on CPU). The copy is made
+before the sampler's ``jit`` (``_decode_layout``), which keeps it out of the sampler's compile:
+by ``generate`` for a call, by ``sample_responses`` once for all its batches.
 
 On a mesh the prompts arrive split over the batch axes, the params laid out by the sharding
 rules, and the KV cache is constrained to ``runtime.sharding.kv_cache_sharding`` (batch split,
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpref.infer.batching import map_batches
-from jaxpref.models import decode_model_and_params, forward_cached, init_cache, prepare_decode
+from jaxpref.models import decode_model_and_params, forward_cached, init_cache
 from jaxpref.runtime.sharding import kv_cache_sharding
 
 
@@ -73,10 +73,14 @@ def process_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: 
     return logits
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id", "mesh"),
-)
+def _decode_layout(model, params):
+    """``(model, params)`` in the decode loop's layout (``models.decode_model_and_params``),
+    unchanged when they already are."""
+    if model.scan_layers and not model.fused_projections:
+        return decode_model_and_params(model, params)
+    return model, params
+
+
 def generate(
     model,
     params,
@@ -106,10 +110,20 @@ def generate(
     Returns:
       ``SampleOutput`` with ``[B, max_new_tokens]`` arrays.
     """
+    model, params = _decode_layout(model, params)
+    return _generate(model, params, prompt_ids, prompt_mask, rng, max_new_tokens=max_new_tokens, eos_id=eos_id,
+                     pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p, mesh=mesh)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id", "mesh"),
+)
+def _generate(model, params, prompt_ids, prompt_mask, rng, *, max_new_tokens, eos_id, pad_id, temperature, top_k,
+              top_p, mesh) -> SampleOutput:
+    """``generate`` on params already in the decode layout (jitted)."""
     batch, prompt_len = prompt_ids.shape
     n = max_new_tokens
-    if model.scan_layers and not model.fused_projections:
-        model, params = decode_model_and_params(model, params)
     cache = init_cache(model.config, batch, prompt_len + n, dtype=model.dtype)
     if mesh is not None:
         layout = kv_cache_sharding(mesh, model.config.num_kv_heads)
@@ -212,8 +226,7 @@ def sample_responses(
     the mesh or the process count.
     """
     prompt_len = prompt_len or max(len(p) for p in prompts)
-    if model.scan_layers and not model.fused_projections:
-        model, params = prepare_decode(model, params)  # once for every batch, outside the sampler's jit
+    model, params = _decode_layout(model, params)  # once for all batches, before the sampler's jit
 
     def rows(idx, share):
         return left_pad([prompts[i] for i in idx[share]], pad_id=pad_id, length=prompt_len)

@@ -29,7 +29,6 @@ from jaxpref.models.llama import (
     init_model,
     init_params,
     logical_axes,
-    prepare_decode,
     unstack_layers,
 )
 from jaxpref.models.reward import RewardModel, init_reward_model
@@ -77,7 +76,6 @@ __all__ = [
     "load_pretrained",
     "load_tokenizer",
     "logical_axes",
-    "prepare_decode",
     "save_pretrained",
     "unstack_layers",
 ]

@@ -10,8 +10,8 @@ For decoding, ``CausalLM(scan_layers=False)`` runs the layers as ``L`` separate 
 (``layers_0`` ... params, from ``unstack_layers``): inside a decode loop each layer then reads
 its own weight and cache buffers, where a scan would copy layer ``l``'s slice out of the
 stacked arrays at every token. ``decode_model_and_params`` also fuses q/k/v and gate/up
-(``fused_projections``); ``sampling.generate`` uses it, and ``prepare_decode`` builds the same
-layout outside ``jit`` (``sampling.sample_responses`` does, once per call).
+(``fused_projections``); ``sampling.generate`` and ``sample_responses`` build it before their
+``jit``.
 
 Shape letters: B batch, T new tokens, S cache slots (keys), L layers, E hidden size,
 H query heads, K key/value heads, G = H // K, D head dim, F MLP size, V vocabulary.
@@ -528,38 +528,27 @@ def fuse_projections(params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def decode_model_and_params(model: CausalLM, params: Mapping[str, Any]) -> tuple[CausalLM, dict[str, Any]]:
-    """The layout a decode loop should run: layers unrolled, projections fused.
-
-    Returns ``(model', params')`` computing the same function as ``(model, params)``
-    (stacked, unfused). Call it once, outside the loop: under ``jit`` the new params are one
-    copy of the layer weights, made before the first token.
-    """
-    if not model.scan_layers or model.fused_projections:
-        raise ValueError("decode_model_and_params expects a scanned, unfused model")
-    params = fuse_projections(unstack_layers(params, model.config.num_layers))
-    return model.clone(scan_layers=False, fused_projections=True), params
-
-
 @jax.jit
 def _decode_layer(layers: Mapping[str, Any], index: Array) -> dict[str, Any]:
     """Layer ``index`` (a traced int32 scalar) of stacked, unfused layer params, fused (copies)."""
     return _fuse_layer(jax.tree.map(lambda x: x[index], layers))
 
 
-def prepare_decode(model: CausalLM, params: Mapping[str, Any]) -> tuple[CausalLM, dict[str, Any]]:
-    """``decode_model_and_params`` for concrete params, outside ``jit``: the same ``(model',
-    params')``, built one layer at a time by one small compiled function (slice and fuse).
+def decode_model_and_params(model: CausalLM, params: Mapping[str, Any]) -> tuple[CausalLM, dict[str, Any]]:
+    """The layout a decode loop should run: layers unrolled, projections fused.
 
-    Pass the result to the decode loop's ``jit`` (``sampling.generate`` then uses it as is).
-    Unstacking inside that ``jit`` makes XLA compile every layer's slices and concatenations
-    into the loop's program: on SmolLM2-135M (64 rows, 48 new tokens, 2-core CPU) the sampler
-    compiled in 3.4 s on prepared params against 9.2 s, and decoded at the same speed. The
-    copies also live only as long as the returned params: one per ``sample_responses`` call,
-    not one per batch.
+    Returns ``(model', params')`` computing the same function as ``(model, params)``
+    (stacked, unfused); the params are ``fuse_projections(unstack_layers(params, L))``, new
+    buffers built one layer at a time by one small compiled function (slice and fuse).
+
+    Call it once, before the decode loop's ``jit`` (``sampling.generate`` and
+    ``sample_responses`` do), and pass the result in: building the layout inside that ``jit``
+    makes XLA compile every layer's slices and concatenations into the loop's program. On
+    SmolLM2-135M (64 rows, 48 new tokens, 2-core CPU) the sampler compiled in 3.4 s on prepared
+    params against 9.2 s, and decoded at the same speed. It also works on traced params.
     """
     if not model.scan_layers or model.fused_projections:
-        raise ValueError("prepare_decode expects a scanned, unfused model")
+        raise ValueError("decode_model_and_params expects a scanned, unfused model")
     out = {name: value for name, value in params.items() if name != "layers"}
     for i in range(model.config.num_layers):
         out[f"layers_{i}"] = _decode_layer(params["layers"], jnp.int32(i))
