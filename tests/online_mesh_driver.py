@@ -10,7 +10,7 @@ process:
 Every job is ``jaxpref.main.run`` of ``configs/<method>.py`` at toy sizes with ``log_every=1``
 (``selm_lora``: SELM training LoRA adapters, adapters replicated, base sharded).
 ``DIR/<mesh>.json`` holds, per method, every logged training loss (``metrics.jsonl``) and the
-final policy's greedy responses to fixed held-out prompts, decoded on the same mesh.
+final policy's greedy responses to fixed held-out prompts (and their log-probs), decoded on the same mesh.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def job_config(method: str, sft_cache: str, mesh: tuple[int, int, int]):
     return cfg
 
 
-def greedy_responses(cfg, export_dir: str, mesh) -> list[list[int]]:
-    """The exported policy's greedy responses to 16 held-out prompts, decoded on ``mesh``."""
+def greedy_responses(cfg, export_dir: str, mesh) -> tuple[list[list[int]], list[float]]:
+    """The exported policy's greedy responses to 16 held-out prompts, decoded on ``mesh``, and
+    their log-probs under it."""
     from jaxpref.infer.sampling import sample_responses
     from jaxpref.models import load_pretrained
     from jaxpref.policy import echo_task
@@ -60,10 +61,10 @@ def greedy_responses(cfg, export_dir: str, mesh) -> list[list[int]]:
     task = echo_task(cfg)
     model, params = load_pretrained(export_dir)
     params = jax.device_put(params, sharding.param_shardings(params, mesh, sharding.resolve_rules(cfg.mesh.rules)))
-    responses, _ = sample_responses(model, params, task.eval_prompts(123, 16), jax.random.PRNGKey(0), eos_id=EOS,
-                                    pad_id=PAD, max_new_tokens=cfg.sampling.max_new_tokens, batch_size=16,
-                                    temperature=0.0, mesh=mesh, prompt_len=task.max_prompt_tokens)
-    return responses
+    responses, logps = sample_responses(model, params, task.eval_prompts(123, 16), jax.random.PRNGKey(0),
+                                        eos_id=EOS, pad_id=PAD, max_new_tokens=cfg.sampling.max_new_tokens,
+                                        batch_size=16, temperature=0.0, mesh=mesh, prompt_len=task.max_prompt_tokens)
+    return responses, [float(x) for x in logps]
 
 
 def run_method(method: str, sft_cache: str, mesh_shape: tuple[int, int, int], out: str) -> dict:
@@ -77,10 +78,10 @@ def run_method(method: str, sft_cache: str, mesh_shape: tuple[int, int, int], ou
     workdir = os.path.join(out, name, "run")
     summary = run(cfg, workdir)
     mesh = sharding.make_mesh(cfg.mesh)
+    greedy, greedy_logps = greedy_responses(cfg, cfg.export_dir, mesh)
     return {"losses": [r["loss"] for r in read_metrics(workdir) if r.get("phase") == "train"],
             "steps": [r["step"] for r in read_metrics(workdir) if r.get("phase") == "train"],
-            "greedy": greedy_responses(cfg, cfg.export_dir, mesh), "mesh": summary["mesh"],
-            "devices": summary["devices"]}
+            "greedy": greedy, "greedy_logps": greedy_logps, "mesh": summary["mesh"], "devices": summary["devices"]}
 
 
 def main(argv: list[str]) -> None:

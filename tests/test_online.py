@@ -24,6 +24,7 @@ from jaxpref.methods.active import (
 from jaxpref.methods.rso import first_round_pairs, statistical_rejection_sampling, tournament_pairs
 from jaxpref.methods.sppo import preference_matrix, win_rate_estimates
 from jaxpref.models import load_pretrained
+from jaxpref.runtime.checkpointing import Checkpointer
 
 # --- RSO ----------------------------------------------------------------------------------
 
@@ -166,6 +167,16 @@ def test_selm_resumes_mid_round_and_after_a_finished_round_to_identical_params(t
     workdir = tmp_path / "b"
     run(job(tmp_path / "unused"), str(workdir))
     assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == [3, 4, 6, 8]
+    # The end of a sampled round (round 2) keeps its params alone: the next round would start a fresh
+    # optimizer state. Mid-round checkpoints keep it to continue from, and so does the end of round 1
+    # (the built-in task's fixed pairs: a longer num_steps extends it).
+    ckpt = Checkpointer(str(workdir / "checkpoints"))
+    assert {s: ckpt.read_meta(s)["saved"]["optimizer"] for s in (3, 4, 6, 8)} == {3: True, 4: True, 6: True,
+                                                                                  8: False}
+    sizes = {s: sum(f.stat().st_size for f in (workdir / "checkpoints" / str(s)).rglob("*") if f.is_file())
+             for s in (6, 8)}
+    assert sizes[8] < 0.5 * sizes[6], sizes  # AdamW's two moments are twice the params
+    ckpt.close()
     for lost, resumed_at in (([6, 8], 4), ([8], 6)):
         for step in lost:
             shutil.rmtree(workdir / "checkpoints" / str(step))
@@ -175,6 +186,12 @@ def test_selm_resumes_mid_round_and_after_a_finished_round_to_identical_params(t
         assert summary["rounds"][1]["final_loss"] is not None
         for a, b in zip(want, jax.tree.leaves(load_pretrained(str(export))[1])):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+    # The finished job again: it restores the params-only checkpoint 8 and trains nothing.
+    saved_at = (workdir / "checkpoints" / "8").stat().st_mtime_ns
+    run(job(tmp_path / "again"), str(workdir))
+    assert (workdir / "checkpoints" / "8").stat().st_mtime_ns == saved_at  # not trained and saved again
+    for a, b in zip(want, jax.tree.leaves(load_pretrained(str(tmp_path / "again"))[1])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name,overrides", [("selm", {"selm.rounds": 2}), ("sppo", {"sppo.iterations": 2})])

@@ -3,7 +3,7 @@
 SELM, SPPO, RSO and active DPO (``configs/<method>.py`` at toy sizes, ``online_mesh_driver.py``)
 run on meshes (8, 1, 1), (2, 2, 2) and (1, 4, 2) of 8 fake CPU devices: sampling, the judge,
 the reference pass and training all on the mesh. Every logged training loss matches the
-one-device run to 1e-4 and the final policies' greedy responses are identical. Then
+one-device run to 1e-4 and the final policies' greedy responses are identical (their log-probs to 1e-4). Then
 ``launch/local.sh 2 --config=configs/selm.py`` (two processes, each sampling and judging its
 share of every round) matches one process the same way.
 """
@@ -71,7 +71,13 @@ def test_online_method_on_mesh_matches_one_device(mesh_runs, mesh, method):
     assert sharded["steps"] == one["steps"] and len(one["steps"]) >= 3
     np.testing.assert_allclose(sharded["losses"], one["losses"], rtol=0, atol=1e-4)
     assert sharded["greedy"] == one["greedy"]
-    assert any(len(r) > 1 for r in one["greedy"])
+    # the final policies themselves, also where a toy policy answers with EOS alone
+    np.testing.assert_allclose(sharded["greedy_logps"], one["greedy_logps"], rtol=0, atol=1e-4)
+
+
+def test_some_greedy_responses_are_longer_than_eos(mesh_runs):
+    """The greedy comparison above is not only of one-token answers."""
+    assert any(len(r) > 1 for run in mesh_runs["1,1,1"].values() for r in run["greedy"])
 
 
 SELM_FLAGS = ["--config.selm.rounds=2", "--config.num_prompts=16", "--config.num_steps=3", "--config.batch_size=16",

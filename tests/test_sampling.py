@@ -5,7 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpref.infer.sampling import completions_to_lists, generate, left_pad, process_logits, sample_responses
+from jaxpref.infer.sampling import (
+    _inverse_cdf,
+    completions_to_lists,
+    draw_tokens,
+    generate,
+    left_pad,
+    process_logits,
+    sample_responses,
+)
 from jaxpref.models import decode_model_and_params, forward, fuse_projections, init_model, unstack_layers
 
 CFG = dict(vocab_size=19, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -94,6 +102,41 @@ def test_sampling_distribution_matches_model_at_first_step(tiny):
     chi2 = float(np.sum((counts[keep] - expected[keep]) ** 2 / expected[keep]))
     # 99.9% quantile of chi-square with <= 18 dof is ~42.3.
     assert chi2 < 42.3, chi2
+
+
+def test_draw_tokens_follows_the_distribution_and_never_draws_zero_mass():
+    """The two-level inverse-CDF draw over 300 tokens (not a multiple of its 128-token blocks), 30%
+    of them filtered to -inf: a chi-square test of 400k draws against the probabilities, and no
+    filtered token ever drawn."""
+    vocab, n = 300, 400_000
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=vocab) * 2
+    logits[rng.random(vocab) < 0.3] = -np.inf
+    logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32))
+    keys = jax.random.split(jax.random.PRNGKey(11), n)
+    tokens = np.asarray(jax.jit(draw_tokens)(keys, jnp.broadcast_to(logp, (n, vocab))))
+    counts = np.bincount(tokens, minlength=vocab)
+    probs = np.exp(np.asarray(logp, np.float64))
+    assert counts[probs == 0].sum() == 0
+    expected = probs * n
+    keep = expected > 5
+    chi2 = float(np.sum((counts[keep] - expected[keep]) ** 2 / expected[keep]))
+    dof = int(keep.sum()) - 1
+    # 99.9% quantile of chi-square (Wilson-Hilferty): dof * (1 - 2/(9 dof) + 3.09 sqrt(2/(9 dof)))^3.
+    limit = dof * (1 - 2 / (9 * dof) + 3.09 * np.sqrt(2 / (9 * dof))) ** 3
+    assert chi2 < limit, (chi2, limit)
+
+
+def test_inverse_cdf_picks_the_first_index_past_u_and_skips_zero_mass():
+    """``_inverse_cdf`` against the rule written out: the first index whose cumulative mass exceeds
+    ``u * total``; zero-mass entries at either end are not picked for u = 0 or u just below 1."""
+    mass = np.array([0.0, 0.2, 0.0, 0.3, 0.5, 0.0], np.float32)
+    u = np.array([0.0, 0.19, 0.2, 0.4999, 0.75, np.nextafter(np.float32(1), np.float32(0))], np.float32)
+    got = np.asarray(_inverse_cdf(jnp.asarray(np.tile(mass, (len(u), 1))), jnp.asarray(u)))
+    cum = np.cumsum(mass)
+    want = [min(int(np.argmax(cum > x * cum[-1])) if (cum > x * cum[-1]).any() else 4, 4) for x in u]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, [1, 1, 3, 3, 4, 4])
 
 
 def test_process_logits_top_k_and_top_p():

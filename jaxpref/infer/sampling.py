@@ -73,6 +73,41 @@ def process_logits(logits: jax.Array, *, temperature: float, top_k: int, top_p: 
     return logits
 
 
+# Tokens per block of ``draw_tokens``' two-level search.
+DRAW_BLOCK = 128
+
+
+def draw_tokens(keys: jax.Array, logp: jax.Array) -> jax.Array:
+    """One token per row from ``exp(logp)``: ``[B]`` int32 for ``keys [B]`` and ``logp [B, V]``
+    (normalised log-probs; ``-inf`` entries are never drawn).
+
+    Inverse-CDF sampling in two levels: a block of ``DRAW_BLOCK`` tokens by the blocks' total
+    masses, then a token within it, each from one uniform of the row's key. It draws from the same
+    distribution as ``jax.random.categorical`` (Gumbel-max), which needs a random number per
+    vocabulary entry: 3M threefry draws per decode step for 64 rows of a 49k vocabulary. Measured
+    on a 2-core CPU, 64 rows of SmolLM2's vocabulary: 93 ms for that draw against 7 ms for this one;
+    64 x 48 sampled tokens in 9.1-9.7 s instead of 12.5-12.9 s.
+    """
+    batch, vocab = logp.shape
+    blocks = -(-vocab // DRAW_BLOCK)
+    p = jnp.exp(logp.astype(jnp.float32))
+    p = jnp.pad(p, ((0, 0), (0, blocks * DRAW_BLOCK - vocab))).reshape(batch, blocks, DRAW_BLOCK)
+    u = jax.vmap(lambda k: jax.random.uniform(k, (2,)))(keys)  # [B, 2] in [0, 1)
+    block = _inverse_cdf(jnp.sum(p, axis=-1), u[:, 0])
+    within = _inverse_cdf(jnp.take_along_axis(p, block[:, None, None], axis=1)[:, 0], u[:, 1])
+    return block * DRAW_BLOCK + within
+
+
+def _inverse_cdf(mass: jax.Array, u: jax.Array) -> jax.Array:
+    """``[B]`` int32: the first index whose cumulative mass exceeds ``u * total`` in each row of
+    ``mass [B, N]`` (non-negative, unnormalised) for ``u [B]`` in ``[0, 1)``; never an index of
+    zero mass (also where float rounding puts ``u * total`` at or past the total)."""
+    cum = jnp.cumsum(mass, axis=-1)
+    index = jnp.sum(cum <= u[:, None] * cum[:, -1:], axis=-1).astype(jnp.int32)
+    last = mass.shape[-1] - 1 - jnp.argmax((mass > 0)[:, ::-1], axis=-1).astype(jnp.int32)
+    return jnp.minimum(index, last)
+
+
 def _decode_layout(model, params):
     """``(model, params)`` in the decode loop's layout (``models.decode_model_and_params``),
     unchanged when they already are."""
@@ -143,9 +178,13 @@ def _generate(model, params, prompt_ids, prompt_mask, rng, *, max_new_tokens, eo
             tok = jnp.argmax(step_logits, axis=-1)
             lp = jnp.zeros((batch,), jnp.float32)
         else:
-            proc = jax.nn.log_softmax(process_logits(step_logits, temperature=temperature, top_k=top_k, top_p=top_p))
+            if temperature == 1.0 and top_k == 0 and top_p >= 1.0:
+                proc = model_lp  # the sampling distribution is the model's
+            else:
+                proc = jax.nn.log_softmax(process_logits(step_logits, temperature=temperature, top_k=top_k,
+                                                         top_p=top_p))
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
-            tok = jax.vmap(jax.random.categorical)(keys, proc)
+            tok = draw_tokens(keys, proc)
             lp = jnp.take_along_axis(proc, tok[:, None], axis=-1)[:, 0]
         mlp = jnp.take_along_axis(model_lp, tok[:, None], axis=-1)[:, 0]
         return tok.astype(jnp.int32), lp, mlp

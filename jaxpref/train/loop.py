@@ -138,14 +138,14 @@ def run_steps(
     desc: str = "train",
     on_nonfinite: str = "skip",
     max_consecutive_skips: int = 20,
-    to_save: Callable[[Any], Any] | None = None,
+    to_save: Callable[[Any, int], Any] | None = None,
 ) -> tuple[Any, LoopStats]:
     """Runs global steps ``[start, stop)``: ``state, metrics = step_fn(state, *batch_at(step))``.
 
     Saves a checkpoint every ``checkpoint_every`` steps and at ``stop`` when a checkpointer
     is given (``checkpoint_every=0``: only at ``stop``), with metadata ``meta(step, stats)``.
-    ``logger=None`` writes no metrics (progress lines only). ``to_save(state)``: what of the state
-    a checkpoint holds (default: all of it).
+    ``logger=None`` writes no metrics (progress lines only). ``to_save(state, step)``: what of the
+    state a checkpoint at global ``step`` holds (default: all of it).
 
     Steps with a non-finite loss, gradient or update leave the state unchanged (the step
     function does that) and are counted. ``on_nonfinite="stop"`` raises ``NonFiniteError`` for the
@@ -238,7 +238,7 @@ def _loop(step_fn, state, batch_at, bar, stats, stop_signals, skips, *, start, s
     compile_mark, compile_start = compiling(), compiling()
 
     def save(done):
-        checkpointer.save(done, to_save(state) if to_save else state,
+        checkpointer.save(done, to_save(state, done) if to_save else state,
                           {**(meta(done, stats) if meta else {}), "step": done})
 
     for step in bar:
