@@ -24,7 +24,9 @@ run's process ``VmHWM``. Runs alternate (jaxpref, TRL, jaxpref, ...), each in it
 The online round: the same prompts (``examples/sentiment_prompts``), 2 samples each, the VADER
 reward function as judge, one DPO update per 8 prompts; jaxpref's ``sentiment_online_dpo`` job
 with one round and no quick evaluation inside it (``eval.round_prompts=0``: TRL's round has none),
-TRL's ``trl.experimental.online_dpo.OnlineDPOTrainer`` with ``reward_funcs`` and HF ``generate``.
+TRL's ``trl.experimental.online_dpo.OnlineDPOTrainer`` with ``reward_funcs`` and HF ``generate``,
+with ``gradient_checkpointing=False``: TRL's default (True) makes it generate without the KV cache
+(``use_cache=False``), which took this round from 143 to 505 s (2026-12-08).
 Seconds of the whole round (sampling, judging, training; jaxpref's compiles included, its
 compilation cache empty) and per trained token; then jaxpref's same job again in a new process,
 its compiled steps loaded from the cache of the first (``config.compile_cache``).
@@ -276,7 +278,7 @@ def trl_online_worker(spec: dict[str, Any]) -> dict[str, Any]:
         output_dir=str(Path(spec["workdir"]) / "trl_online"), per_device_train_batch_size=BATCH, max_steps=n // BATCH,
         learning_rate=1e-4, warmup_steps=0, beta=0.1, max_new_tokens=spec["online_new_tokens"], temperature=1.0,
         use_cpu=True, dataloader_num_workers=0, logging_steps=1, save_strategy="no", report_to="none",
-        disable_tqdm=True, seed=0)
+        disable_tqdm=True, seed=0, gradient_checkpointing=bool(spec.get("trl_gradient_checkpointing", False)))
     data = Dataset.from_list([{"prompt": p} for p in _prompts(n)])
     trainer = OnlineDPOTrainer(model=policy, ref_model=reference, reward_funcs=[reward], args=args, train_dataset=data,
                                processing_class=tokenizer)
@@ -343,6 +345,7 @@ def main(argv: list[str]) -> None:
     data = harness.run_worker(__file__, "prepare", common, work / "logs")
     out: dict[str, Any] = {"settings": {**settings, "batch_pairs": BATCH, "dtype": "float32", "loss": "sigmoid DPO",
                                         "beta": 0.1, "trl": "DPOTrainer(precompute_ref_log_probs=True)",
+                                        "trl_online": "OnlineDPOTrainer(gradient_checkpointing=False)",
                                         "jaxpref_remat": args.remat or "auto",
                                         "jaxpref": "configs/dpo.py defaults (precomputed reference, padding-free "
                                                    "shared-prompt packing, chunked LM head)",

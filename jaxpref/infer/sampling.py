@@ -86,7 +86,10 @@ def draw_tokens(keys: jax.Array, logp: jax.Array) -> jax.Array:
     distribution as ``jax.random.categorical`` (Gumbel-max), which needs a random number per
     vocabulary entry: 3M threefry draws per decode step for 64 rows of a 49k vocabulary. Measured
     on a 2-core CPU, 64 rows of SmolLM2's vocabulary: 93 ms for that draw against 7 ms for this one;
-    64 x 48 sampled tokens in 9.1-9.7 s instead of 12.5-12.9 s.
+    64 x 48 sampled tokens in 9.1-9.7 s instead of 12.5-12.9 s. It also keeps the far tail: over
+    400k draws from SmolLM2's next-token distribution, tokens of probability below 1e-6 (0.513% of
+    the mass) came 0.515% of the time here and 0.423% with ``jax.random.categorical``, whose float32
+    Gumbel noise is bounded.
     """
     batch, vocab = logp.shape
     blocks = -(-vocab // DRAW_BLOCK)
