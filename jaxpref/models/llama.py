@@ -223,7 +223,13 @@ def _attend(q_btkgd: Array, keys: Array, values: Array, attend_bts: Array, *, ke
     weights = jnp.exp(scores - top_bkgt1)
     total_btkg = jnp.sum(weights, axis=-1).transpose(0, 3, 1, 2)
     # In ``dtype`` (XLA:CPU has no bf16 x bf16 -> f32 dot for the cache's "bksd" layout), divided in float32.
-    out = jnp.einsum(f"bkgts,{key_spec}->btkgd", weights.astype(dtype), values)
+    if key_spec == "bksd":
+        # The cache's layout: per (b, k) a plain [G*T, S] x [S, D] product, then the output
+        # transposed; XLA:CPU ran the einsum straight to "btkgd" as a slow batched dot (a decode
+        # step of SmolLM2, 64 rows, 58 slots: 1.0 ms against 0.17 ms per layer).
+        out = jnp.einsum("bkgts,bksd->bkgtd", weights.astype(dtype), values).transpose(0, 3, 1, 2, 4)
+    else:
+        out = jnp.einsum(f"bkgts,{key_spec}->btkgd", weights.astype(dtype), values)
     return (out.astype(jnp.float32) / total_btkg[..., None]).astype(dtype)
 
 
