@@ -278,7 +278,7 @@ def trl_online_worker(spec: dict[str, Any]) -> dict[str, Any]:
         output_dir=str(Path(spec["workdir"]) / "trl_online"), per_device_train_batch_size=BATCH, max_steps=n // BATCH,
         learning_rate=1e-4, warmup_steps=0, beta=0.1, max_new_tokens=spec["online_new_tokens"], temperature=1.0,
         use_cpu=True, dataloader_num_workers=0, logging_steps=1, save_strategy="no", report_to="none",
-        disable_tqdm=True, seed=0, gradient_checkpointing=bool(spec.get("trl_gradient_checkpointing", False)))
+        disable_tqdm=True, seed=0, gradient_checkpointing=False)
     data = Dataset.from_list([{"prompt": p} for p in _prompts(n)])
     trainer = OnlineDPOTrainer(model=policy, ref_model=reference, reward_funcs=[reward], args=args, train_dataset=data,
                                processing_class=tokenizer)
